@@ -1,0 +1,450 @@
+"""A local EGI Check-in: a small but real OIDC provider on 127.0.0.1.
+
+No PyPI package fits (see shared notes): this one speaks what Check-in's
+Keycloak speaks, at the same paths under `/auth/realms/egi`:
+
+- discovery, JWKS (RS256), userinfo, token introspection, revocation;
+- token endpoint grants `refresh_token`, RFC 8693 token exchange and
+  `client_credentials`, with client authentication by HTTP Basic or form
+  fields (both at once, as EGI's scripts send them, is accepted when they agree),
+  and RFC 6749 error bodies (`invalid_grant`, `invalid_client`, …);
+- access tokens are RS256 JWTs with Check-in's claims and a lifetime you choose,
+  so expiry in the middle of a flow can be tested.
+
+For tests and the sandbox it also serves `/_peer/*`: mint a login for a user,
+read request counters, change lifetimes, and inject faults (5xx bursts, delays).
+
+Run: `python checkin_peer.py --port 0` prints one JSON line with its URLs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import secrets
+import ssl
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import RSAKey
+
+REALM = "/auth/realms/egi"
+OIDC = f"{REALM}/protocol/openid-connect"
+EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+REFRESH_TYPE = "urn:ietf:params:oauth:token-type:refresh_token"
+DEFAULT_SCOPE = "openid profile eduperson_entitlement offline_access"
+
+DEFAULT_USERS = {
+    "alice": {
+        "sub": "0f4b2a0c8d3e4e1b9f5a6c7d8e9f0a1b@egi.eu",
+        "name": "Alice Researcher",
+        "email": "alice@example.org",
+        "eduperson_entitlement": [
+            "urn:mace:egi.eu:group:vo.access.egi.eu:role=member#aai.egi.eu",
+            "urn:mace:egi.eu:group:vo.access.egi.eu:role=vm_operator#aai.egi.eu",
+            "urn:mace:egi.eu:group:vo.notebooks.egi.eu:role=member#aai.egi.eu",
+            "urn:mace:egi.eu:group:eosc-synergy.eu:subgroup:role=member#aai.egi.eu",
+        ],
+    },
+    "bob": {
+        "sub": "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d@egi.eu",
+        "name": "Bob NoVO",
+        "email": "bob@example.org",
+        "eduperson_entitlement": [],
+    },
+}
+DEFAULT_CLIENTS = {
+    "prefect-egi": {"secret": "prefect-egi-client-secret", "exchange": True},
+    "public-cli": {"secret": None, "exchange": False},
+}
+
+
+@dataclass
+class Grant:
+    """A refresh token's server-side record."""
+
+    user: str
+    client_id: str
+    scope: str
+    expires_at: float
+    revoked: bool = False
+
+
+@dataclass
+class Fault:
+    status: int = 503
+    delay: float = 0.0
+    remaining: int = 1
+
+
+@dataclass
+class PeerState:
+    base_url: str = ""
+    access_token_lifetime: int = 3600
+    refresh_token_lifetime: int = 30 * 24 * 3600
+    users: dict[str, dict[str, Any]] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_USERS)))
+    clients: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_CLIENTS))
+    grants: dict[str, Grant] = field(default_factory=dict)
+    revoked_jti: set[str] = field(default_factory=set)
+    counters: Counter[str] = field(default_factory=Counter)
+    faults: dict[str, Fault] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    key: RSAKey = field(default_factory=lambda: RSAKey.generate_key(2048, parameters={"kid": uuid.uuid4().hex, "use": "sig", "alg": "RS256"}))
+
+    def count(self, name: str) -> None:
+        with self.lock:
+            self.counters[name] += 1
+
+    @property
+    def issuer(self) -> str:
+        return self.base_url + REALM
+
+    # -- tokens ------------------------------------------------------------------
+    def access_token(self, user: str, client_id: str, scope: str, lifetime: int | None = None) -> tuple[str, int]:
+        lifetime = self.access_token_lifetime if lifetime is None else lifetime
+        now = int(time.time())
+        profile = self.users[user]
+        claims = {
+            "iss": self.issuer,
+            "sub": profile["sub"],
+            "aud": ["account", client_id],
+            "azp": client_id,
+            "typ": "Bearer",
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "jti": uuid.uuid4().hex,
+            "scope": scope,
+            "preferred_username": user,
+            "eduperson_entitlement": profile.get("eduperson_entitlement", []),
+        }
+        header = {"alg": "RS256", "typ": "JWT", "kid": self.key.kid}
+        return jwt.encode(header, claims, self.key), lifetime
+
+    def refresh_token(self, user: str, client_id: str, scope: str) -> str:
+        token = secrets.token_urlsafe(48)
+        self.grants[token] = Grant(user, client_id, scope, time.time() + self.refresh_token_lifetime)
+        return token
+
+    def decode(self, token: str) -> dict[str, Any] | None:
+        """Claims of one of our valid, unrevoked access tokens, else None."""
+        try:
+            claims = jwt.decode(token, self.key, algorithms=["RS256"]).claims
+        except (JoseError, ValueError):
+            return None
+        if claims.get("iss") != self.issuer or claims.get("exp", 0) <= time.time():
+            return None
+        if claims.get("jti") in self.revoked_jti:
+            return None
+        return claims
+
+    def user_of(self, claims: dict[str, Any]) -> str | None:
+        return next((name for name, p in self.users.items() if p["sub"] == claims.get("sub")), None)
+
+    def token_response(self, user: str, client_id: str, scope: str, refresh: bool = True) -> dict[str, Any]:
+        access, lifetime = self.access_token(user, client_id, scope)
+        body: dict[str, Any] = {
+            "access_token": access,
+            "expires_in": lifetime,
+            "token_type": "Bearer",
+            "not-before-policy": 0,
+            "session_state": uuid.uuid4().hex,
+            "scope": scope,
+        }
+        if refresh and "offline_access" in scope.split():
+            body["refresh_token"] = self.refresh_token(user, client_id, scope)
+            body["refresh_expires_in"] = 0  # offline tokens: Keycloak reports 0
+        return body
+
+
+class OAuthError(Exception):
+    def __init__(self, status: int, error: str, description: str = ""):
+        super().__init__(error)
+        self.status, self.error, self.description = status, error, description
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "checkin-peer/1"
+    state: PeerState  # set on the subclass made by `make_server`
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read counters
+        pass
+
+    # -- plumbing ------------------------------------------------------------------
+    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode() if not isinstance(body, bytes) else body
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _form(self) -> dict[str, str]:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length).decode() if length else ""
+        if self.headers.get("Content-Type", "").startswith("application/json"):
+            data = json.loads(raw or "{}")
+            return data if isinstance(data, dict) else {}
+        return {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+
+    def _bearer(self) -> str | None:
+        header = self.headers.get("Authorization", "")
+        return header[7:].strip() if header[:7].lower() == "bearer " else None
+
+    def _fault(self, endpoint: str) -> bool:
+        """Apply an injected fault for this endpoint; True when the request was answered."""
+        with self.state.lock:
+            fault = self.state.faults.get(endpoint)
+            if fault is None or fault.remaining <= 0:
+                return False
+            fault.remaining -= 1
+        if fault.delay:
+            time.sleep(fault.delay)
+        if fault.status:
+            self._send(fault.status, {"error": "server_error", "error_description": "injected fault"})
+            return True
+        return False
+
+    def _client(self, form: dict[str, str]) -> str:
+        """Authenticate the OAuth client (Basic and/or form fields); return its id."""
+        basic_id = basic_secret = None
+        header = self.headers.get("Authorization", "")
+        if header[:6].lower() == "basic ":
+            try:
+                basic_id, _, basic_secret = base64.b64decode(header[6:]).decode().partition(":")
+            except ValueError:
+                raise OAuthError(401, "invalid_client", "malformed Basic credentials") from None
+        form_id, form_secret = form.get("client_id"), form.get("client_secret")
+        if basic_id and form_id and (basic_id != form_id or (form_secret and form_secret != basic_secret)):
+            raise OAuthError(400, "invalid_request", "client credentials in header and body disagree")
+        client_id = basic_id or form_id
+        secret = basic_secret if basic_id else form_secret
+        client = self.state.clients.get(client_id or "")
+        if client is None:
+            raise OAuthError(401, "invalid_client", "Invalid client or Invalid client credentials")
+        if client["secret"] is not None and secret != client["secret"]:
+            raise OAuthError(401, "invalid_client", "Invalid client or Invalid client credentials")
+        return str(client_id)
+
+    # -- routes ----------------------------------------------------------------------
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        self.state.count(f"GET {path}")
+        if self._fault(path):
+            return
+        if path == f"{REALM}/.well-known/openid-configuration":
+            return self._send(200, self.discovery())
+        if path == f"{OIDC}/certs":
+            return self._send(200, {"keys": [self.state.key.as_dict(private=False)]})
+        if path == f"{OIDC}/userinfo":
+            return self.userinfo()
+        if path == "/_peer/stats":
+            with self.state.lock:
+                counters = dict(self.state.counters)
+            return self._send(200, counters)
+        self._send(404, {"error": "not_found"})
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        self.state.count(f"POST {path}")
+        if self._fault(path):
+            return
+        form = self._form()
+        try:
+            if path == f"{OIDC}/token":
+                return self._send(200, self.token(form))
+            if path == f"{OIDC}/token/introspect":
+                return self._send(200, self.introspect(form))
+            if path == f"{OIDC}/revoke":
+                self._client(form)
+                self.revoke(form.get("token", ""))
+                return self._send(200, b"")
+            if path == f"{OIDC}/userinfo":
+                return self.userinfo()
+            if path.startswith("/_peer/"):
+                return self._send(200, self.control(path[len("/_peer/"):], form))
+        except OAuthError as exc:
+            headers = {"WWW-Authenticate": 'Basic realm="egi"'} if exc.status == 401 else None
+            return self._send(exc.status, {"error": exc.error, "error_description": exc.description}, headers)
+        self._send(404, {"error": "not_found"})
+
+    def discovery(self) -> dict[str, Any]:
+        issuer = self.state.issuer
+        return {
+            "issuer": issuer,
+            "authorization_endpoint": f"{issuer}/protocol/openid-connect/auth",
+            "token_endpoint": f"{issuer}/protocol/openid-connect/token",
+            "introspection_endpoint": f"{issuer}/protocol/openid-connect/token/introspect",
+            "userinfo_endpoint": f"{issuer}/protocol/openid-connect/userinfo",
+            "revocation_endpoint": f"{issuer}/protocol/openid-connect/revoke",
+            "jwks_uri": f"{issuer}/protocol/openid-connect/certs",
+            "grant_types_supported": ["refresh_token", EXCHANGE_GRANT, "client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "scopes_supported": DEFAULT_SCOPE.split() + ["email"],
+            "claims_supported": ["sub", "iss", "name", "email", "preferred_username", "eduperson_entitlement"],
+        }
+
+    def token(self, form: dict[str, str]) -> dict[str, Any]:
+        state = self.state
+        client_id = self._client(form)
+        grant_type = form.get("grant_type", "")
+        state.count(f"grant {grant_type}")
+        with state.lock:
+            if grant_type == "refresh_token":
+                grant = state.grants.get(form.get("refresh_token", ""))
+                if grant is None or grant.revoked or grant.expires_at < time.time():
+                    raise OAuthError(400, "invalid_grant", "Invalid refresh token")
+                if grant.client_id != client_id:
+                    raise OAuthError(400, "invalid_grant", "Invalid refresh token. Token client and authorized client don't match")
+                scope = form.get("scope") or grant.scope
+                if not set(scope.split()) <= set(grant.scope.split()) | {"openid"}:
+                    raise OAuthError(400, "invalid_scope", "Invalid scopes: " + scope)
+                return state.token_response(grant.user, client_id, scope)
+            if grant_type == EXCHANGE_GRANT:
+                if not state.clients[client_id].get("exchange"):
+                    raise OAuthError(403, "access_denied", "Client not allowed to exchange")
+                if form.get("subject_token_type", ACCESS_TYPE) != ACCESS_TYPE:
+                    raise OAuthError(400, "invalid_request", "unsupported subject_token_type")
+                claims = state.decode(form.get("subject_token", ""))
+                user = state.user_of(claims) if claims else None
+                if user is None:
+                    raise OAuthError(400, "invalid_token", "subject_token validation failure")
+                scope = form.get("scope") or DEFAULT_SCOPE
+                requested = form.get("requested_token_type", ACCESS_TYPE)
+                if requested == REFRESH_TYPE:
+                    body = state.token_response(user, client_id, scope)
+                    body["issued_token_type"] = REFRESH_TYPE
+                    return body
+                body = state.token_response(user, client_id, scope, refresh=False)
+                body["issued_token_type"] = ACCESS_TYPE
+                return body
+            if grant_type == "client_credentials":
+                if state.clients[client_id]["secret"] is None:
+                    raise OAuthError(401, "unauthorized_client", "Public client not allowed to retrieve service account")
+                service_user = f"service-account-{client_id}"
+                state.users.setdefault(service_user, {"sub": uuid.uuid5(uuid.NAMESPACE_URL, client_id).hex, "eduperson_entitlement": []})
+                return state.token_response(service_user, client_id, form.get("scope") or "openid", refresh=False)
+        raise OAuthError(400, "unsupported_grant_type", f"Unsupported grant_type {grant_type!r}")
+
+    def userinfo(self) -> None:
+        claims = self.state.decode(self._bearer() or "")
+        user = self.state.user_of(claims) if claims else None
+        if user is None:
+            return self._send(
+                401, {"error": "invalid_token", "error_description": "Token verification failed"},
+                {"WWW-Authenticate": 'Bearer realm="egi", error="invalid_token"'},
+            )
+        profile = self.state.users[user]
+        self._send(200, {
+            "sub": profile["sub"],
+            "name": profile.get("name", user),
+            "email": profile.get("email"),
+            "preferred_username": user,
+            "voperson_id": profile["sub"],
+            "eduperson_entitlement": profile.get("eduperson_entitlement", []),
+        })
+
+    def introspect(self, form: dict[str, str]) -> dict[str, Any]:
+        self._client(form)
+        token = form.get("token", "")
+        claims = self.state.decode(token)
+        if claims:
+            return {"active": True, "client_id": claims["azp"], "username": claims["preferred_username"],
+                    "token_type": "Bearer", **claims}
+        grant = self.state.grants.get(token)
+        if grant and not grant.revoked and grant.expires_at > time.time():
+            return {"active": True, "client_id": grant.client_id, "token_type": "Refresh",
+                    "scope": grant.scope, "sub": self.state.users[grant.user]["sub"]}
+        return {"active": False}
+
+    def revoke(self, token: str) -> None:
+        with self.state.lock:
+            if token in self.state.grants:
+                self.state.grants[token].revoked = True
+            claims = self.state.decode(token)
+            if claims:
+                self.state.revoked_jti.add(claims["jti"])
+
+    def control(self, action: str, form: dict[str, Any]) -> dict[str, Any]:
+        """Test controls: `login`, `config`, `fault`, `reset-stats`, `user`."""
+        state = self.state
+        with state.lock:
+            if action == "login":
+                user, client_id = form.get("user", "alice"), form.get("client_id", "prefect-egi")
+                if user not in state.users or client_id not in state.clients:
+                    raise OAuthError(400, "invalid_request", "unknown user or client")
+                body = state.token_response(user, client_id, form.get("scope") or DEFAULT_SCOPE)
+                if "access_token_lifetime" in form:
+                    body["access_token"], body["expires_in"] = state.access_token(
+                        user, client_id, body["scope"], int(form["access_token_lifetime"]))
+                return body
+            if action == "config":
+                for name in ("access_token_lifetime", "refresh_token_lifetime"):
+                    if name in form:
+                        setattr(state, name, int(form[name]))
+                return {"access_token_lifetime": state.access_token_lifetime}
+            if action == "fault":
+                endpoint = form["endpoint"]
+                state.faults[endpoint] = Fault(int(form.get("status", 503)), float(form.get("delay", 0)), int(form.get("count", 1)))
+                return {"ok": True}
+            if action == "reset-stats":
+                state.counters.clear()
+                return {"ok": True}
+            if action == "user":
+                state.users[form["name"]] = form["profile"]
+                return {"ok": True}
+        raise OAuthError(404, "not_found", action)
+
+
+def make_server(host: str = "127.0.0.1", port: int = 0, tls: tuple[str, str] | None = None,
+                access_token_lifetime: int = 3600) -> tuple[ThreadingHTTPServer, PeerState]:
+    state = PeerState(access_token_lifetime=access_token_lifetime)
+    handler = type("BoundHandler", (Handler,), {"state": state})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    scheme = "http"
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    state.base_url = f"{scheme}://{host}:{server.server_address[1]}"
+    return server, state
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 = a free port")
+    parser.add_argument("--access-token-lifetime", type=int, default=3600, help="seconds")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    args = parser.parse_args(argv)
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    server, state = make_server(args.host, args.port, tls, args.access_token_lifetime)
+    print(json.dumps({"url": state.base_url, "issuer": state.issuer,
+                      "clients": {k: v["secret"] for k, v in state.clients.items()}}), flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

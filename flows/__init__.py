@@ -1,0 +1,1 @@
+"""prefect-egi flows: chains of the tasks in `tasks`, ready to run or deploy."""

@@ -1,0 +1,178 @@
+"""`egi-flows`: the command line of prefect-egi."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from typing import Annotated, Optional
+
+import typer
+from pydantic import SecretStr
+
+TOKEN_HELP = """Check and inspect your EGI Check-in access token.
+
+Sources, in order (the first fresh token wins):
+
+1. --token (or `--token -` to paste it on stdin, out of shell history)
+
+2. environment: OIDC_ACCESS_TOKEN, then FEDCLOUD_OIDC_ACCESS_TOKEN
+
+3. EGI Notebooks token files: /var/run/secrets/egi.eu/access_token, then /var/run/secrets/oidc/access_token (--token-file to choose others)
+
+4. a refresh token: OIDC_REFRESH_TOKEN + OIDC_CLIENT_ID (+ OIDC_CLIENT_SECRET), redeemed at the issuer found by OIDC discovery (--issuer)
+
+5. oidc-agent, when OIDC_AGENT_ACCOUNT is set (needs the oidc-agent extra of prefect-egi)
+
+Or use the sources saved in a CheckinCredentials block: --block NAME.
+"""
+
+app = typer.Typer(
+    name="egi-flows",
+    help="Orchestrate remote work on the EGI e-infrastructure with Prefect.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+token_app = typer.Typer(help=TOKEN_HELP, no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+EXIT_VALID, EXIT_NO_TOKEN, EXIT_MALFORMED = 0, 1, 2
+
+TokenOption = Annotated[Optional[str], typer.Option("--token", "-t", help="An access token, or - to read it from stdin.")]
+TokenFileOption = Annotated[Optional[list[str]], typer.Option("--token-file", help="Token file(s) to read instead of the EGI Notebooks mounts.")]
+IssuerOption = Annotated[str, typer.Option("--issuer", envvar="OIDC_ISSUER", help="Check-in issuer URL.")]
+ClientIdOption = Annotated[Optional[str], typer.Option("--client-id", envvar="OIDC_CLIENT_ID", help="OAuth client id (for refreshing).")]
+BlockOption = Annotated[Optional[str], typer.Option("--block", help="Use a saved CheckinCredentials block by name.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _credentials(token: str | None, token_file: list[str] | None, issuer: str, client_id: str | None, block: str | None):
+    """Build the CheckinCredentials the command uses (margin 0: we check, not refresh early)."""
+    import os
+
+    from tasks.checkin import CheckinCredentials
+
+    if block:
+        credentials = CheckinCredentials.load(block, _sync=True)  # type: ignore[call-arg]
+        credentials.margin_seconds = 0
+        return credentials
+    if token == "-":
+        token = sys.stdin.read()
+    secret = os.environ.get("OIDC_CLIENT_SECRET")
+    refresh = os.environ.get("OIDC_REFRESH_TOKEN")
+    kwargs = {"token_files": token_file} if token_file else {}
+    return CheckinCredentials(
+        issuer=issuer,
+        access_token=SecretStr(token) if token is not None else None,
+        client_id=client_id,
+        client_secret=SecretStr(secret) if secret else None,
+        refresh_token=SecretStr(refresh) if refresh else None,
+        margin_seconds=0,
+        **kwargs,
+    )
+
+
+def _resolve(credentials):
+    """The token, or an exit with the documented code and a readable reason."""
+    from tasks.checkin import CheckinError, MalformedTokenError, NoTokenError, TokenExpiredError
+
+    try:
+        return credentials.get_token()
+    except MalformedTokenError as exc:
+        typer.echo(f"Malformed token: {exc}", err=True)
+        raise typer.Exit(EXIT_MALFORMED) from None
+    except TokenExpiredError as exc:
+        typer.echo(f"Expired: {exc}", err=True)
+        raise typer.Exit(EXIT_NO_TOKEN) from None
+    except (NoTokenError, CheckinError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_NO_TOKEN) from None
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "unknown"
+
+
+@token_app.command("check")
+def token_check(
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    issuer: IssuerOption = "https://aai.egi.eu/auth/realms/egi",
+    client_id: ClientIdOption = None,
+    block: BlockOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show who the token belongs to and how long it stays valid.
+
+    Exit codes: 0 valid, 1 expired or no token found, 2 malformed token.
+
+    Example:  egi-flows token check --token -   (then paste, Enter, Ctrl-D)
+    """
+    access = _resolve(_credentials(token, token_file, issuer, client_id, block))
+    claims = access.claims
+    left = access.seconds_left()
+    report = {
+        "source": access.source,
+        "subject": claims.subject,
+        "issuer": claims.issuer,
+        "username": claims.username,
+        "expires_at": claims.expires_at.isoformat() if claims.expires_at else None,
+        "expires_in_seconds": int(left) if left is not None else None,
+        "vos": claims.vos,
+        "jwt": access.is_jwt,
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(f"Source:   {access.source}")
+    if not access.is_jwt:
+        typer.echo("Opaque token: not a JWT, its expiry and owner cannot be read locally.")
+        return
+    typer.echo(f"Subject:  {claims.subject}")
+    typer.echo(f"Issuer:   {claims.issuer}")
+    if claims.username:
+        typer.echo(f"Username: {claims.username}")
+    typer.echo(f"VOs:      {', '.join(claims.vos) or '(none in the token; try `egi-flows token vos`)'}")
+    if left is None:
+        typer.echo("Token has no expiry claim.")
+    else:
+        typer.echo(f"Token is valid until {_when(claims.expires_at)} (expires in {int(left)} s)")
+
+
+@token_app.command("vos")
+def token_vos(
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    issuer: IssuerOption = "https://aai.egi.eu/auth/realms/egi",
+    client_id: ClientIdOption = None,
+    block: BlockOption = None,
+) -> None:
+    """List the VOs you are a member of, one per line.
+
+    Asks the issuer's userinfo endpoint (the authoritative list) when the token
+    was issued by --issuer; otherwise reads the token's own entitlements.
+    """
+    from tasks.checkin import CheckinError
+    from tasks.checkin.tokens import vos_from_entitlements
+
+    credentials = _credentials(token, token_file, issuer, client_id, block)
+    access = _resolve(credentials)
+    vos = access.claims.vos
+    if access.claims.issuer and access.claims.issuer.rstrip("/") == credentials.issuer.rstrip("/"):
+        try:
+            info = credentials.oidc_client().userinfo(access)
+            vos = vos_from_entitlements(info.get("eduperson_entitlement") or [])
+        except CheckinError as exc:
+            typer.echo(f"userinfo failed ({exc}); showing the VOs in the token itself.", err=True)
+    for vo in vos:
+        typer.echo(vo)
+    if not vos:
+        typer.echo("No VO membership found.", err=True)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""prefect-egi: Prefect blocks and tasks for the EGI e-infrastructure.
+
+Importing this package registers the blocks with Prefect (it is the
+`prefect.collections` entry point) and switches on log redaction of every token
+and block secret this process handles. Heavy service clients are imported only
+inside the functions that use them.
+"""
+
+from tasks.checkin import CheckinCredentials, get_checkin_token
+from tasks.redaction import install_log_redaction, redact_errors
+
+install_log_redaction()
+
+__all__ = ["CheckinCredentials", "get_checkin_token", "redact_errors"]

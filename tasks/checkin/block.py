@@ -1,0 +1,158 @@
+"""The `CheckinCredentials` block and the task that hands its token to a flow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.blocks.core import Block
+from prefect.cache_policies import NO_CACHE
+from pydantic import Field, PrivateAttr, SecretStr, field_validator
+
+from tasks.checkin.errors import IssuerUnreachableError
+from tasks.checkin.oidc import DEFAULT_SCOPE, EGI_CHECKIN_ISSUER, OidcClient
+from tasks.checkin.provider import DEFAULT_MARGIN_SECONDS, TokenProvider
+from tasks.checkin.sources import (
+    ENVIRONMENT_VARIABLES,
+    NOTEBOOK_TOKEN_FILES,
+    EnvironmentToken,
+    ExplicitToken,
+    OidcAgentSource,
+    RefreshTokenSource,
+    TokenFile,
+    TokenSource,
+)
+from tasks.checkin.tokens import AccessToken
+from tasks.redaction import register_all
+
+
+class CheckinCredentials(Block):
+    """An EGI Check-in identity: where to find an access token and how to renew it.
+
+    Sources are tried in this order, each can be switched off: the explicit
+    `access_token`; the environment (`OIDC_ACCESS_TOKEN`, `FEDCLOUD_OIDC_ACCESS_TOKEN`);
+    the EGI Notebooks token files; the `refresh_token` redeemed at the issuer;
+    oidc-agent. A token is reused until `margin_seconds` before it expires.
+    """
+
+    _block_type_name = "EGI Check-in Credentials"
+    _block_type_slug = "egi-checkin-credentials"
+    _logo_url = "https://www.egi.eu/wp-content/uploads/2021/06/EGI-Logo.png"  # type: ignore[assignment]
+    _documentation_url = "https://docs.egi.eu/providers/check-in/"  # type: ignore[assignment]
+
+    issuer: str = Field(default=EGI_CHECKIN_ISSUER, description="OIDC issuer; endpoints come from its discovery document.")
+    access_token: SecretStr | None = Field(default=None, description="An explicit access token (tried first).")
+    use_environment: bool = Field(default=True, description="Read OIDC_ACCESS_TOKEN / FEDCLOUD_OIDC_ACCESS_TOKEN.")
+    token_files: list[str] = Field(
+        default_factory=lambda: list(NOTEBOOK_TOKEN_FILES),
+        description="Token files, re-read when they change (the EGI Notebooks mount by default). Empty: off.",
+    )
+    client_id: str | None = Field(default=None, description="OAuth client id, for refresh and token exchange.")
+    client_secret: SecretStr | None = Field(default=None, description="OAuth client secret (none for public clients).")
+    refresh_token: SecretStr | None = Field(default=None, description="A Check-in refresh token (tried after the files).")
+    scope: str = Field(default=DEFAULT_SCOPE, description="Scope asked for when refreshing.")
+    oidc_agent_account: str | None = Field(default=None, description="oidc-agent account short name (tried last).")
+    margin_seconds: float = Field(default=DEFAULT_MARGIN_SECONDS, ge=0, description="Refresh this long before expiry.")
+    keep_alive: bool = Field(
+        default=False,
+        description="Exchange a short-lived token for a refresh token (RFC 8693) so long flows outlive it.",
+    )
+    verify_signature: bool = Field(default=False, description="Verify tokens against the issuer's JWKS.")
+    verify_tls: bool = Field(default=True, description="Verify the issuer's TLS certificate.")
+    ca_bundle: str | None = Field(default=None, description="CA bundle file for the issuer (instead of the system one).")
+    timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of each request to the issuer.")
+
+    _provider: TokenProvider | None = PrivateAttr(default=None)
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_is_https(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if not value.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            raise ValueError("issuer must be an https:// URL (plain http only for 127.0.0.1/localhost)")
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        super().model_post_init(context)
+        register_all([self.access_token, self.client_secret, self.refresh_token])
+
+    # -- building the provider ---------------------------------------------------------
+    def oidc_client(self) -> OidcClient:
+        return OidcClient(
+            issuer=self.issuer,
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            scope=self.scope,
+            verify=self.ca_bundle or self.verify_tls,
+            timeout=self.timeout_seconds,
+        )
+
+    def sources(self, oidc: OidcClient) -> list[TokenSource]:
+        sources: list[TokenSource] = [ExplicitToken(self.access_token)]
+        if self.use_environment:
+            sources.append(EnvironmentToken(ENVIRONMENT_VARIABLES))
+        if self.token_files:
+            sources.append(TokenFile(self.token_files))
+        sources.append(RefreshTokenSource(oidc, self.refresh_token))
+        sources.append(OidcAgentSource(self.oidc_agent_account))
+        return sources
+
+    @property
+    def provider(self) -> TokenProvider:
+        """The token provider of this block (one per block object, so its cache is shared)."""
+        if self._provider is None:
+            oidc = self.oidc_client()
+            self._provider = TokenProvider(
+                self.sources(oidc),
+                margin=self.margin_seconds,
+                oidc=oidc,
+                keep_alive=self.keep_alive,
+                verify_signature=self.verify_signature,
+            )
+        return self._provider
+
+    # -- what users call ---------------------------------------------------------------
+    def get_token(self) -> AccessToken:
+        """The current token with its claims (subject, expiry, VOs)."""
+        return self.provider.get_token()
+
+    def get_access_token(self) -> str:
+        """A valid access token string, refreshed when needed."""
+        return self.provider.get_access_token()
+
+    async def aget_access_token(self) -> str:
+        """Async `get_access_token`: never blocks the event loop."""
+        return await self.provider.aget_access_token()
+
+    def exchange_for_refresh_token(self) -> SecretStr:
+        """Trade the current access token for a refresh token (RFC 8693), e.g. to save it
+        on this block so scheduled flows can run long after the notebook closed."""
+        return self.oidc_client().exchange_for_refresh_token(self.get_token().secret)
+
+
+def _retry_when_issuer_unreachable(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except IssuerUnreachableError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    name="get-checkin-token",
+    persist_result=False,
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[5, 20],
+    retry_condition_fn=_retry_when_issuer_unreachable,
+)
+async def get_checkin_token(credentials: CheckinCredentials | None = None) -> SecretStr:
+    """A valid Check-in access token as `SecretStr` — never cached or persisted.
+
+    Without a block, the default sources apply (environment, then the notebook's
+    token files).
+    """
+    credentials = credentials or CheckinCredentials()
+    return SecretStr(await credentials.aget_access_token())

@@ -1,0 +1,69 @@
+"""Bounded retries for HTTP calls to EGI services.
+
+Transient faults — 5xx, 429, timeouts, connection resets — are retried with
+exponential backoff up to a fixed number of attempts, then reported as one
+clear error. Anything else (4xx) is returned to the caller to interpret.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try: `attempts` in total, sleeping `backoff * 2**n` (capped) between."""
+
+    attempts: int = 4
+    backoff: float = 0.5
+    max_backoff: float = 8.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.backoff * (2**attempt), self.max_backoff)
+
+
+class TransientHTTPError(Exception):
+    """Raised after the last attempt; the message says what was tried and what failed."""
+
+
+def describe_failure(failure: BaseException | httpx.Response) -> str:
+    if isinstance(failure, httpx.Response):
+        return f"HTTP {failure.status_code} {failure.reason_phrase}".rstrip()
+    if isinstance(failure, httpx.TimeoutException):
+        return f"timed out ({type(failure).__name__})"
+    return f"{type(failure).__name__}: {failure}"
+
+
+def request_with_retries(
+    client: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    policy: RetryPolicy,
+    what: str,
+    **kwargs: Any,
+) -> httpx.Response:
+    """Send a request, retrying transient failures; return the first non-transient response."""
+    last: BaseException | httpx.Response | None = None
+    for attempt in range(policy.attempts):
+        if attempt:
+            time.sleep(policy.delay(attempt - 1))
+        try:
+            response = client.request(method, url, **kwargs)
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            last = exc
+            continue
+        if response.status_code in TRANSIENT_STATUS:
+            last = response
+            continue
+        return response
+    assert last is not None
+    raise TransientHTTPError(
+        f"{what} ({url}) failed {policy.attempts} times; last failure: {describe_failure(last)}"
+    )
