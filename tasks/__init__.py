@@ -6,9 +6,9 @@ and block secret this process handles. Heavy service clients are imported only
 inside the functions that use them.
 """
 
-from tasks.checkin import CheckinCredentials, get_checkin_token
+from tasks.checkin import CheckinCredentials, aget_checkin_token, get_checkin_token
 from tasks.redaction import install_log_redaction, redact_errors
 
 install_log_redaction()
 
-__all__ = ["CheckinCredentials", "get_checkin_token", "redact_errors"]
+__all__ = ["CheckinCredentials", "aget_checkin_token", "get_checkin_token", "redact_errors"]

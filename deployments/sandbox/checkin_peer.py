@@ -92,6 +92,7 @@ class Fault:
 class PeerState:
     base_url: str = ""
     access_token_lifetime: int = 3600
+    default_access_token_lifetime: int = 3600
     refresh_token_lifetime: int = 30 * 24 * 3600
     users: dict[str, dict[str, Any]] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_USERS)))
     clients: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_CLIENTS))
@@ -262,9 +263,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
         self.state.count(f"POST {path}")
+        form = self._form()  # read the body first: a keep-alive connection must not keep it
         if self._fault(path):
             return
-        form = self._form()
         try:
             if path == f"{OIDC}/token":
                 return self._send(200, self.token(form))
@@ -382,7 +383,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.state.revoked_jti.add(claims["jti"])
 
     def control(self, action: str, form: dict[str, Any]) -> dict[str, Any]:
-        """Test controls: `login`, `config`, `fault`, `reset-stats`, `user`."""
+        """Test controls: `login`, `config`, `fault`, `reset`, `user`."""
         state = self.state
         with state.lock:
             if action == "login":
@@ -403,8 +404,10 @@ class Handler(BaseHTTPRequestHandler):
                 endpoint = form["endpoint"]
                 state.faults[endpoint] = Fault(int(form.get("status", 503)), float(form.get("delay", 0)), int(form.get("count", 1)))
                 return {"ok": True}
-            if action == "reset-stats":
+            if action == "reset":
                 state.counters.clear()
+                state.faults.clear()
+                state.access_token_lifetime = state.default_access_token_lifetime
                 return {"ok": True}
             if action == "user":
                 state.users[form["name"]] = form["profile"]
@@ -414,7 +417,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def make_server(host: str = "127.0.0.1", port: int = 0, tls: tuple[str, str] | None = None,
                 access_token_lifetime: int = 3600) -> tuple[ThreadingHTTPServer, PeerState]:
-    state = PeerState(access_token_lifetime=access_token_lifetime)
+    state = PeerState(access_token_lifetime=access_token_lifetime, default_access_token_lifetime=access_token_lifetime)
     handler = type("BoundHandler", (Handler,), {"state": state})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True

@@ -4,7 +4,7 @@ Layers: `tokens`, `sources`, `oidc` and `provider` are plain Python (no Prefect)
 `block` holds the Prefect block and task built on them.
 """
 
-from tasks.checkin.block import CheckinCredentials, get_checkin_token
+from tasks.checkin.block import CheckinCredentials, aget_checkin_token, get_checkin_token
 from tasks.checkin.errors import (
     CheckinError,
     IssuerUnreachableError,
@@ -32,6 +32,7 @@ __all__ = [
     "TokenExpiredError",
     "TokenProvider",
     "TokenVerificationError",
+    "aget_checkin_token",
     "get_checkin_token",
     "parse_token",
 ]

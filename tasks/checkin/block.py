@@ -140,19 +140,27 @@ def _retry_when_issuer_unreachable(task: Any, task_run: Any, state: Any) -> bool
     return False
 
 
-@task(
-    name="get-checkin-token",
-    persist_result=False,
+_TOKEN_TASK_OPTIONS: dict[str, Any] = dict(
+    persist_result=False,  # persisted results are plain pickles on disk: never a token
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=[5, 20],
     retry_condition_fn=_retry_when_issuer_unreachable,
 )
-async def get_checkin_token(credentials: CheckinCredentials | None = None) -> SecretStr:
+
+
+@task(name="get-checkin-token", **_TOKEN_TASK_OPTIONS)
+def get_checkin_token(credentials: CheckinCredentials | None = None) -> SecretStr:
     """A valid Check-in access token as `SecretStr` — never cached or persisted.
 
     Without a block, the default sources apply (environment, then the notebook's
-    token files).
+    token files). In an async flow use `aget_checkin_token`, which does not block
+    the event loop while a token is refreshed.
     """
-    credentials = credentials or CheckinCredentials()
-    return SecretStr(await credentials.aget_access_token())
+    return SecretStr((credentials or CheckinCredentials()).get_access_token())
+
+
+@task(name="get-checkin-token", **_TOKEN_TASK_OPTIONS)
+async def aget_checkin_token(credentials: CheckinCredentials | None = None) -> SecretStr:
+    """Async twin of `get_checkin_token`, for `await` in async flows and notebook cells."""
+    return SecretStr(await (credentials or CheckinCredentials()).aget_access_token())

@@ -1,0 +1,120 @@
+"""Test harness: real peers on 127.0.0.1 and a real Prefect API, no telemetry.
+
+Environment is fixed *before* Prefect is imported: telemetry off, PREFECT_HOME in
+a temporary directory (results storage lives there), quiet logging.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+_HOME = tempfile.mkdtemp(prefix="prefect-egi-tests-")
+os.environ.update(
+    DO_NOT_TRACK="1",
+    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    PREFECT_HOME=_HOME,
+    PREFECT_LOGGING_LEVEL="INFO",
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+    PREFECT_SERVER_LOGGING_LEVEL="WARNING",
+)
+
+REPO = Path(__file__).resolve().parents[1]
+# The sandbox peers live in deployments/; the plugin itself is imported as installed.
+sys.path.append(str(REPO))
+
+import httpx  # noqa: E402
+import pytest  # noqa: E402
+
+from deployments.sandbox.peers import PeerProcess, start_peer  # noqa: E402
+
+TOKEN_ENV = (
+    "OIDC_ACCESS_TOKEN",
+    "FEDCLOUD_OIDC_ACCESS_TOKEN",
+    "OIDC_REFRESH_TOKEN",
+    "OIDC_CLIENT_ID",
+    "OIDC_CLIENT_SECRET",
+    "OIDC_AGENT_ACCOUNT",
+    "OIDC_SOCK",
+    "OIDC_ISSUER",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_tokens(monkeypatch):
+    """Tests see only the tokens they set up themselves."""
+    for name in TOKEN_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+class CheckinPeer:
+    """The running Check-in peer plus helpers to mint logins and read counters."""
+
+    def __init__(self, process: PeerProcess):
+        self.process = process
+        self.url = process.url
+        self.issuer: str = process.info["issuer"]
+        self.client_id = "prefect-egi"
+        self.client_secret: str = process.info["clients"]["prefect-egi"]
+
+    def login(self, user: str = "alice", **extra) -> dict:
+        """A fresh login: access + refresh token, as a user would get from Check-in."""
+        return self.process.control("login", user=user, **extra)
+
+    def stats(self) -> dict[str, int]:
+        return self.process.stats()
+
+    def refresh_grants(self) -> int:
+        return self.stats().get("grant refresh_token", 0)
+
+    def token_requests(self) -> int:
+        return self.stats().get("POST /auth/realms/egi/protocol/openid-connect/token", 0)
+
+    def fault(self, endpoint: str = "/auth/realms/egi/protocol/openid-connect/token", **fault) -> None:
+        self.process.control("fault", endpoint=endpoint, **fault)
+
+    def configure(self, **settings) -> None:
+        self.process.control("config", **settings)
+
+    def reset(self) -> None:
+        self.process.control("reset")
+
+
+@pytest.fixture(scope="session")
+def checkin_process():
+    peer = start_peer("checkin", "checkin_peer.py")
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def checkin(checkin_process) -> CheckinPeer:
+    """The Check-in peer, with counters, faults and lifetimes reset for this test."""
+    peer = CheckinPeer(checkin_process)
+    peer.reset()
+    yield peer
+    peer.reset()
+
+
+@pytest.fixture(scope="session")
+def prefect_db():
+    """A real Prefect API (the test harness) for the whole session; yields its SQLite path."""
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
+            yield Path(url.split("///", 1)[1])
+
+
+@pytest.fixture
+def http() -> httpx.Client:
+    with httpx.Client(timeout=10) as client:
+        yield client

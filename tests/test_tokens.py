@@ -1,0 +1,86 @@
+"""Reading tokens: claims without signature check, VOs, and clear errors for garbage."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+from pydantic import SecretStr
+
+from tasks.checkin import MalformedTokenError, parse_token
+from tasks.checkin.tokens import vos_from_entitlements
+
+
+def unsigned_jwt(claims: dict, header: dict | None = None) -> str:
+    def part(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part(header or {'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+def test_claims_of_a_checkin_jwt_are_read_without_signature(checkin):
+    raw = checkin.login()["access_token"]
+    token = parse_token(raw, "test")
+    assert token.is_jwt
+    assert token.claims.issuer == checkin.issuer
+    assert token.claims.subject.endswith("@egi.eu")
+    assert token.claims.username == "alice"
+    assert 3500 < token.seconds_left() <= 3600
+    assert token.claims.vos == ["eosc-synergy.eu", "vo.access.egi.eu", "vo.notebooks.egi.eu"]
+
+
+def test_vos_follow_fedcloudclient_entitlement_rule():
+    entitlements = [
+        "urn:mace:egi.eu:group:vo.access.egi.eu:role=member#aai.egi.eu",
+        "urn:mace:egi.eu:group:vo.access.egi.eu:role=vm_operator#aai.egi.eu",
+        "urn:mace:egi.eu:group:biomed:team:sub:role=member#aai.egi.eu",
+        "urn:mace:egi.eu:group:other:role=manager#aai.egi.eu",
+        "urn:mace:example.org:group:x:role=member#aai.egi.eu",
+    ]
+    assert vos_from_entitlements(entitlements) == ["biomed", "vo.access.egi.eu"]
+
+
+def test_bearer_prefix_and_whitespace_are_tolerated():
+    raw = unsigned_jwt({"sub": "s", "exp": int(time.time()) + 100})
+    token = parse_token(f"  Bearer {raw}\n", "pasted")
+    assert token.value == raw
+    assert isinstance(token.secret, SecretStr)
+    assert raw not in repr(token)
+
+
+def test_opaque_tokens_are_accepted_with_unknown_expiry():
+    token = parse_token("2YotnFZFEjr1zCsicMWpAA", "opaque")
+    assert not token.is_jwt
+    assert token.expires_at is None and token.seconds_left() is None
+    assert token.is_fresh(margin=10_000) and not token.is_expired()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("", "is empty"),
+        ("   \n\t ", "is empty"),
+        (None, "is empty"),
+        ("not a token at all", "does not contain an access token"),
+        ('{"access_token": "x"}', "does not contain an access token"),
+        ("eyJhbGciOiJSUzI1NiJ9.bm90IGpzb24.c2ln", "payload is not base64url JSON"),
+        ("eyJhbGciOiJSUzI1NiJ9.WzEsMl0.c2ln", "payload is not a JSON object"),
+    ],
+)
+def test_garbage_gets_a_clear_error_naming_the_source(raw, expected):
+    with pytest.raises(MalformedTokenError) as caught:
+        parse_token(raw, "environment variable OIDC_ACCESS_TOKEN")
+    message = str(caught.value)
+    assert "environment variable OIDC_ACCESS_TOKEN" in message
+    assert expected in message
+    if raw and raw.strip():
+        assert raw.strip() not in message  # the value itself is never echoed
+
+
+def test_jwt_without_alg_or_with_bad_exp_is_malformed():
+    with pytest.raises(MalformedTokenError, match="no 'alg'"):
+        parse_token(unsigned_jwt({"sub": "x"}, header={"typ": "JWT"}), "t")
+    with pytest.raises(MalformedTokenError, match="'exp' claim is not a number"):
+        parse_token(unsigned_jwt({"exp": "tomorrow"}), "t")
