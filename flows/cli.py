@@ -108,35 +108,36 @@ def token_check(
 
     Example:  egi-flows token check --token -   (then paste, Enter, Ctrl-D)
     """
-    access = _resolve(_credentials(token, token_file, issuer, client_id, block))
-    claims = access.claims
-    left = access.seconds_left()
-    report = {
-        "source": access.source,
-        "subject": claims.subject,
-        "issuer": claims.issuer,
-        "username": claims.username,
-        "expires_at": claims.expires_at.isoformat() if claims.expires_at else None,
-        "expires_in_seconds": int(left) if left is not None else None,
-        "vos": claims.vos,
-        "jwt": access.is_jwt,
-    }
+    from tasks.checkin.identity import identify
+
+    me = identify(_resolve(_credentials(token, token_file, issuer, client_id, block)), ask_issuer=False)
+    left = me.seconds_left()
     if as_json:
+        report = {
+            "source": me.source,
+            "subject": me.subject,
+            "issuer": me.issuer,
+            "username": me.username,
+            "expires_at": me.expires_at.isoformat() if me.expires_at else None,
+            "expires_in_seconds": int(left) if left is not None else None,
+            "vos": list(me.vos),
+            "jwt": me.is_jwt,
+        }
         typer.echo(json.dumps(report, indent=2))
         return
-    typer.echo(f"Source:   {access.source}")
-    if not access.is_jwt:
+    typer.echo(f"Source:   {me.source}")
+    if not me.is_jwt:
         typer.echo("Opaque token: not a JWT, its expiry and owner cannot be read locally.")
         return
-    typer.echo(f"Subject:  {claims.subject}")
-    typer.echo(f"Issuer:   {claims.issuer}")
-    if claims.username:
-        typer.echo(f"Username: {claims.username}")
-    typer.echo(f"VOs:      {', '.join(claims.vos) or '(none in the token; try `egi-flows token vos`)'}")
+    typer.echo(f"Subject:  {me.subject}")
+    typer.echo(f"Issuer:   {me.issuer}")
+    if me.username:
+        typer.echo(f"Username: {me.username}")
+    typer.echo(f"VOs:      {', '.join(me.vos) or '(none in the token; try `egi-flows token vos`)'}")
     if left is None:
         typer.echo("Token has no expiry claim.")
     else:
-        typer.echo(f"Token is valid until {_when(claims.expires_at)} (expires in {int(left)} s)")
+        typer.echo(f"Token is valid until {_when(me.expires_at)} (expires in {int(left)} s)")
 
 
 @token_app.command("vos")
@@ -152,21 +153,15 @@ def token_vos(
     Asks the issuer's userinfo endpoint (the authoritative list) when the token
     was issued by --issuer; otherwise reads the token's own entitlements.
     """
-    from tasks.checkin import CheckinError
-    from tasks.checkin.tokens import vos_from_entitlements
+    from tasks.checkin.identity import identify
 
     credentials = _credentials(token, token_file, issuer, client_id, block)
-    access = _resolve(credentials)
-    vos = access.claims.vos
-    if access.claims.issuer and access.claims.issuer.rstrip("/") == credentials.issuer.rstrip("/"):
-        try:
-            info = credentials.oidc_client().userinfo(access)
-            vos = vos_from_entitlements(info.get("eduperson_entitlement") or [])
-        except CheckinError as exc:
-            typer.echo(f"userinfo failed ({exc}); showing the VOs in the token itself.", err=True)
-    for vo in vos:
+    identity = identify(_resolve(credentials), credentials.provider.oidc)
+    if identity.note:
+        typer.echo(identity.note, err=True)
+    for vo in identity.vos:
         typer.echo(vo)
-    if not vos:
+    if not identity.vos:
         typer.echo("No VO membership found.", err=True)
 
 

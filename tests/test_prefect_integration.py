@@ -177,3 +177,31 @@ def _grep_tree(root: Path, needle: str) -> list[Path]:
             except OSError:
                 continue
     return hits
+
+
+def test_identity_flow_publishes_who_not_the_token(prefect_db, checkin):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.identity import egi_identity
+
+    name = save_block(checkin)
+    state = egi_identity(name, return_state=True)
+    report = state.result()
+    assert report.username == "alice" and report.vos_from == "userinfo"
+    assert report.vos == ["eosc-synergy.eu", "vo.access.egi.eu", "vo.notebooks.egi.eu"]
+    assert 3500 < report.expires_in_seconds <= 3600
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    assert artifact.key == "egi-identity"
+    assert "| VOs (userinfo) | `eosc-synergy.eu`, `vo.access.egi.eu`, `vo.notebooks.egi.eu` |" in artifact.data
+    assert "eyJ" not in artifact.data
+
+
+def test_identity_flow_names_a_missing_block(prefect_db):
+    from flows.identity import egi_identity
+
+    state = egi_identity("no-such-block", return_state=True)
+    assert state.is_failed()
+    assert "credentials_block: there is no EGI Check-in Credentials block named 'no-such-block'" in state.message

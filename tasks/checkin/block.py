@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
 from tasks.checkin.errors import IssuerUnreachableError
+from tasks.checkin.identity import Identity, identify
 from tasks.checkin.oidc import DEFAULT_SCOPE, EGI_CHECKIN_ISSUER, OidcClient
 from tasks.checkin.provider import DEFAULT_MARGIN_SECONDS, TokenProvider
 from tasks.checkin.sources import (
@@ -123,6 +124,10 @@ class CheckinCredentials(Block):
     async def aget_access_token(self) -> str:
         """Async `get_access_token`: never blocks the event loop."""
         return await self.provider.aget_access_token()
+
+    def identity(self, ask_issuer: bool = True) -> Identity:
+        """Who the current token belongs to (VOs from the issuer's userinfo when it is ours)."""
+        return identify(self.get_token(), self.provider.oidc, ask_issuer)
 
     def exchange_for_refresh_token(self) -> SecretStr:
         """Trade the current access token for a refresh token (RFC 8693), e.g. to save it
