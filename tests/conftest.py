@@ -111,7 +111,34 @@ def prefect_db():
     with prefect_test_harness(server_startup_timeout=120):
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
-            yield Path(url.split("///", 1)[1])
+            db = Path(url.split("///", 1)[1])
+            yield db
+            _sweep_for_secrets(db)
+
+
+def database_bytes(db: Path) -> bytes:
+    """The SQLite database with its WAL: everything Prefect stored."""
+    return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
+
+
+def _sweep_for_secrets(db: Path) -> None:
+    """After every flow of the session ran: no token or block secret handled by this
+    process may be stored in Prefect's database or under PREFECT_HOME."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    from tasks import redaction
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
+    stored = database_bytes(db)
+    home = [p for p in Path(_HOME).rglob("*") if p.is_file()]
+    leaks = []
+    for secret in redaction._ordered:
+        if secret.encode() in stored:
+            leaks.append(f"database holds a secret of length {len(secret)}")
+        leaks += [f"{p} holds a secret" for p in home if secret.encode() in p.read_bytes()]
+    assert not leaks, leaks
 
 
 @pytest.fixture

@@ -27,3 +27,19 @@ def test_import_tasks_keeps_heavy_clients_out():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_every_deployment_entrypoint_loads_a_flow():
+    from pathlib import Path
+
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    root = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((root / "prefect.yaml").read_text())
+    assert config["deployments"]
+    for deployment in config["deployments"]:
+        assert deployment["work_pool"]["name"] == "egi-process"
+        path, _, name = deployment["entrypoint"].partition(":")
+        loaded = load_flow_from_entrypoint(f"{root / path}:{name}")
+        assert set(deployment.get("parameters", {})) <= set(loaded.parameters.properties)

@@ -12,6 +12,7 @@ import pytest
 from prefect import flow, get_run_logger, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+from conftest import database_bytes
 from pydantic import SecretStr
 
 from tasks import CheckinCredentials, aget_checkin_token, get_checkin_token, redact_errors
@@ -49,7 +50,7 @@ def test_block_round_trip_keeps_secrets_secret(prefect_db, checkin):
     token = loaded.get_token()
     assert token.claims.username == "alice"
     # Block documents are encrypted at rest: the refresh token is not in the database file.
-    assert loaded.refresh_token.get_secret_value().encode() not in _database_bytes(prefect_db)
+    assert loaded.refresh_token.get_secret_value().encode() not in database_bytes(prefect_db)
 
 
 def test_task_returns_a_secret_that_is_never_persisted(prefect_db, checkin):
@@ -134,7 +135,7 @@ def test_a_flow_that_leaks_the_token_leaves_no_trace(prefect_db, checkin, capfd)
         assert value not in run.state.message
         assert value not in str(events)
         assert value not in captured.out + captured.err
-        assert value.encode() not in _database_bytes(prefect_db)
+        assert value.encode() not in database_bytes(prefect_db)
         assert not _grep_tree(Path(_prefect_home()), value)
 
 
@@ -155,10 +156,6 @@ def _events_of(client, flow_run_id) -> list[dict]:
         if any(e["event"] == "prefect.flow-run.Failed" for e in events) or time.monotonic() > deadline:
             return events
         time.sleep(0.5)
-
-
-def _database_bytes(db: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
 
 
 def _prefect_home() -> str:
@@ -205,3 +202,25 @@ def test_identity_flow_names_a_missing_block(prefect_db):
     state = egi_identity("no-such-block", return_state=True)
     assert state.is_failed()
     assert "credentials_block: there is no EGI Check-in Credentials block named 'no-such-block'" in state.message
+
+
+def test_token_task_retries_an_unreachable_issuer_only(prefect_db, checkin):
+    name = save_block(checkin)
+    credentials = CheckinCredentials.load(name, _sync=True)
+    quick = get_checkin_token.with_options(retry_delay_seconds=0)
+
+    @flow
+    def fetch(credentials: CheckinCredentials) -> str:
+        return quick(credentials).get_secret_value()[:3]
+
+    credentials.provider.oidc.discovery()  # discovery cached: only the token endpoint fails
+    checkin.fault(status=503, count=4)  # one task attempt = 4 requests with backoff
+    assert fetch(credentials) == "eyJ"
+    assert checkin.token_requests() == 5
+
+    broken = CheckinCredentials.load(name, _sync=True)
+    broken.refresh_token = SecretStr("not-a-refresh-token-we-issued")
+    before = checkin.token_requests()
+    state = fetch(broken, return_state=True)
+    assert state.is_failed() and "invalid_grant" in state.message
+    assert checkin.token_requests() == before + 1  # a bad grant is not retried

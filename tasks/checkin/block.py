@@ -136,13 +136,9 @@ class CheckinCredentials(Block):
 
 
 def _retry_when_issuer_unreachable(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except IssuerUnreachableError:
-        return True
-    except Exception:
-        return False
-    return False
+    """Retry the token task only for an unreachable issuer, never for a bad token or grant."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, IssuerUnreachableError) or getattr(exc, "transient", False)
 
 
 _TOKEN_TASK_OPTIONS: dict[str, Any] = dict(

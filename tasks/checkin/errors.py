@@ -40,12 +40,17 @@ class NoTokenError(CheckinError):
         "or configure a refresh token (with its client id) on the CheckinCredentials block."
     )
 
-    def __init__(self, attempts: list[SourceAttempt]):
+    def __init__(self, attempts: list[SourceAttempt], transient: bool = False):
         self.attempts = list(attempts)
+        #: True when a source failed only because the issuer was unreachable: worth a retry.
+        self.transient = transient
         lines = ["No EGI Check-in access token could be obtained. Sources tried, in order:"]
         lines += [attempt.describe() for attempt in self.attempts] or ["- (every source is switched off)"]
         lines.append(self.GENERAL_FIX)
         super().__init__("\n".join(lines))
+
+    def __reduce__(self):  # Prefect pickles exceptions into results: keep the fields
+        return (type(self), (self.attempts, self.transient))
 
 
 class TokenExpiredError(CheckinError):
@@ -68,6 +73,9 @@ class TokenExpiredError(CheckinError):
         )
         super().__init__("\n".join(lines))
 
+    def __reduce__(self):
+        return (type(self), (self.source, self.expired_at, self.attempts))
+
 
 class TokenEndpointError(CheckinError):
     """The issuer's token endpoint refused a request with an RFC 6749 error code."""
@@ -76,12 +84,16 @@ class TokenEndpointError(CheckinError):
         self.error = error
         self.description = description
         self.endpoint = endpoint
+        self.hint = hint
         text = f"Token endpoint {endpoint} answered {error!s}"
         if description:
             text += f": {description}"
         if hint:
             text += f". Fix: {hint}"
         super().__init__(text)
+
+    def __reduce__(self):
+        return (type(self), (self.error, self.description, self.endpoint, self.hint))
 
 
 class IssuerUnreachableError(CheckinError):

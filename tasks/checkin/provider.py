@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 
 from tasks.checkin.errors import (
     CheckinError,
+    IssuerUnreachableError,
     MalformedTokenError,
     NoTokenError,
     SourceAttempt,
@@ -145,7 +146,8 @@ class TokenProvider:
             assert expired.expires_at is not None
             others = [a for a in attempts if a.source != expired.source]
             raise TokenExpiredError(expired.source, expired.expires_at, others) from endpoint_error
-        raise NoTokenError(attempts) from endpoint_error
+        transient = isinstance(endpoint_error, IssuerUnreachableError)
+        raise NoTokenError(attempts, transient=transient) from endpoint_error
 
     def _adopt(self, token: AccessToken, source: TokenSource, malformed: list[str], cache: bool = True) -> AccessToken:
         for problem in malformed:
