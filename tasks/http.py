@@ -7,6 +7,7 @@ clear error. Anything else (4xx) is returned to the caller to interpret.
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,27 @@ class RetryPolicy:
 
 class TransientHTTPError(Exception):
     """Raised after the last attempt; the message says what was tried and what failed."""
+
+
+class TLSVerificationError(Exception):
+    """The server's certificate did not verify. Not transient: retrying cannot help."""
+
+
+def tls_verify(verify: bool = True, ca_bundle: str | None = None) -> bool | ssl.SSLContext:
+    """What to give httpx's `verify`: on by default, a CA bundle when one is named.
+    Verification is only ever off when a caller says `verify=False` explicitly."""
+    if ca_bundle:
+        return ssl.create_default_context(cafile=ca_bundle)
+    return verify
+
+
+def _is_certificate_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def describe_failure(failure: BaseException | httpx.Response) -> str:
@@ -57,6 +79,11 @@ def request_with_retries(
         try:
             response = client.request(method, url, **kwargs)
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            if _is_certificate_failure(exc):
+                raise TLSVerificationError(
+                    f"{what} ({url}): the server's TLS certificate did not verify; "
+                    "give the CA bundle that signed it (ca_bundle) — verification stays on"
+                ) from None
             last = exc
             continue
         if response.status_code in TRANSIENT_STATUS:

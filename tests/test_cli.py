@@ -110,3 +110,18 @@ def test_vos_never_send_the_token_to_an_issuer_it_was_not_issued_by(checkin, tmp
     assert result.returncode == 0
     assert result.stdout.split() == ["eosc-synergy.eu", "vo.access.egi.eu", "vo.notebooks.egi.eu"]
     assert "GET /auth/realms/egi/protocol/openid-connect/userinfo" not in checkin.stats()
+
+
+def test_check_with_a_saved_block(prefect_db, checkin, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+    from pydantic import SecretStr
+
+    from tasks import CheckinCredentials
+
+    CheckinCredentials(issuer=checkin.issuer, client_id=checkin.client_id,
+                       client_secret=SecretStr(checkin.client_secret),
+                       refresh_token=SecretStr(checkin.login()["refresh_token"]),
+                       token_files=[]).save("cli-block", overwrite=True)
+    result = run("token", "check", "--block", "cli-block", env={"PREFECT_API_URL": PREFECT_API_URL.value()})
+    assert result.returncode == 0, result.stderr
+    assert f"Source:   refresh token grant at {checkin.issuer}" in result.stdout

@@ -24,6 +24,7 @@ from tasks.checkin.sources import (
     TokenSource,
 )
 from tasks.checkin.tokens import AccessToken
+from tasks.http import tls_verify
 from tasks.redaction import register_all
 
 
@@ -84,7 +85,7 @@ class CheckinCredentials(Block):
             client_id=self.client_id,
             client_secret=self.client_secret,
             scope=self.scope,
-            verify=self.ca_bundle or self.verify_tls,
+            verify=tls_verify(self.verify_tls, self.ca_bundle),
             timeout=self.timeout_seconds,
         )
 

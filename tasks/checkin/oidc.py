@@ -8,6 +8,7 @@ the `client_id` form field for public clients.
 
 from __future__ import annotations
 
+import ssl
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,12 +17,13 @@ import httpx
 from pydantic import SecretStr
 
 from tasks.checkin.errors import (
+    CheckinError,
     IssuerUnreachableError,
     TokenEndpointError,
     TokenVerificationError,
 )
 from tasks.checkin.tokens import AccessToken, parse_token
-from tasks.http import RetryPolicy, TransientHTTPError, request_with_retries
+from tasks.http import RetryPolicy, TLSVerificationError, TransientHTTPError, request_with_retries
 from tasks.redaction import register_secret
 
 EGI_CHECKIN_ISSUER = "https://aai.egi.eu/auth/realms/egi"
@@ -62,7 +64,7 @@ class OidcClient:
     client_id: str | None = None
     client_secret: SecretStr | None = None
     scope: str = DEFAULT_SCOPE
-    verify: bool | str = True
+    verify: bool | ssl.SSLContext = True  # see tasks.http.tls_verify
     timeout: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     _discovery: dict[str, Any] | None = field(default=None, init=False, repr=False)
@@ -74,17 +76,20 @@ class OidcClient:
         register_secret(self.client_secret)
 
     # -- plumbing -------------------------------------------------------------
-    def _client(self) -> httpx.Client:
-        return httpx.Client(verify=self.verify, timeout=self.timeout, follow_redirects=False)
-
-    def _get_json(self, url: str, what: str, **kwargs: Any) -> dict[str, Any]:
+    def _send(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
+        """One call to the issuer with bounded retries; failures become Check-in errors."""
         try:
-            with self._client() as client:
-                response = request_with_retries(client, "GET", url, policy=self.retry, what=what, **kwargs)
+            with httpx.Client(verify=self.verify, timeout=self.timeout, follow_redirects=False) as client:
+                return request_with_retries(client, method, url, policy=self.retry, what=what, **kwargs)
+        except TLSVerificationError as exc:
+            raise CheckinError(str(exc)) from None
         except TransientHTTPError as exc:
             raise IssuerUnreachableError(str(exc)) from None
         except httpx.HTTPError as exc:
-            raise IssuerUnreachableError(f"{what} ({url}) failed: {type(exc).__name__}: {exc}") from None
+            raise IssuerUnreachableError(f"{what} ({url}) failed: {type(exc).__name__}") from None
+
+    def _get_json(self, url: str, what: str) -> dict[str, Any]:
+        response = self._send("GET", url, what, headers={"Accept": "application/json"})
         if response.status_code != 200:
             raise IssuerUnreachableError(f"{what} ({url}) answered HTTP {response.status_code}")
         try:
@@ -134,14 +139,9 @@ class OidcClient:
             auth = (client_id, self.client_secret.get_secret_value())
         else:
             form["client_id"] = client_id
-        try:
-            with self._client() as client:
-                response = request_with_retries(
-                    client, "POST", url, policy=self.retry, what=f"token endpoint ({action})",
-                    data=form, auth=auth, headers={"Accept": "application/json"},
-                )
-        except TransientHTTPError as exc:
-            raise IssuerUnreachableError(str(exc)) from None
+        response = self._send(
+            "POST", url, f"token endpoint ({action})", data=form, auth=auth, headers={"Accept": "application/json"}
+        )
         try:
             body = response.json()
         except ValueError:
@@ -209,14 +209,9 @@ class OidcClient:
     def userinfo(self, token: AccessToken) -> dict[str, Any]:
         """Claims the issuer knows about the token's user (VOs come from here)."""
         url = self.endpoint("userinfo_endpoint")
-        try:
-            with self._client() as client:
-                response = request_with_retries(
-                    client, "GET", url, policy=self.retry, what="userinfo",
-                    headers={"Authorization": f"Bearer {token.value}", "Accept": "application/json"},
-                )
-        except TransientHTTPError as exc:
-            raise IssuerUnreachableError(str(exc)) from None
+        response = self._send(
+            "GET", url, "userinfo", headers={"Authorization": f"Bearer {token.value}", "Accept": "application/json"}
+        )
         if response.status_code == 401:
             raise TokenVerificationError(f"userinfo ({url}) rejected the token (HTTP 401): it is expired or revoked")
         if response.status_code != 200:
