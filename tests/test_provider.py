@@ -356,3 +356,21 @@ def test_provider_is_usable_without_prefect_blocks(checkin):
     provider = TokenProvider([ExplicitToken(raw)], margin=30)
     assert provider.get_access_token() == raw
     assert asyncio.run(provider.aget_access_token()) == raw
+
+
+def test_blocks_copy_and_pickle_without_their_tokens(checkin, tmp_path):
+    """Prefect copies task inputs and pickles results: a used block must survive both,
+    and a pickle must not carry the access token it minted."""
+    import copy
+    import pickle
+
+    import cloudpickle
+
+    block = credentials(checkin, tmp_path, client_secret=SecretStr(checkin.client_secret),
+                        refresh_token=SecretStr(checkin.login()["refresh_token"]))
+    minted = block.get_access_token()
+    assert minted.encode() not in cloudpickle.dumps(block)
+    assert minted.encode() not in pickle.dumps(block)
+    for clone in (copy.deepcopy(block), block.model_copy(deep=True), pickle.loads(pickle.dumps(block))):
+        assert clone.provider is not block.provider
+        assert clone.get_token().claims.username == "alice"

@@ -28,6 +28,23 @@ from tasks.http import tls_verify
 from tasks.redaction import register_all
 
 
+class _ProviderSlot:
+    """Holds a block's live token provider. Copies and pickles of the block get an
+    empty slot: a provider holds locks and cached tokens, and a token must never
+    travel into a pickle (Prefect persists results and hashes task inputs)."""
+
+    __slots__ = ("provider",)
+
+    def __init__(self) -> None:
+        self.provider: TokenProvider | None = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "_ProviderSlot":
+        return _ProviderSlot()
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return (_ProviderSlot, ())
+
+
 class CheckinCredentials(Block):
     """An EGI Check-in identity: where to find an access token and how to renew it.
 
@@ -64,7 +81,7 @@ class CheckinCredentials(Block):
     ca_bundle: str | None = Field(default=None, description="CA bundle file for the issuer (instead of the system one).")
     timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of each request to the issuer.")
 
-    _provider: TokenProvider | None = PrivateAttr(default=None)
+    _slot: _ProviderSlot = PrivateAttr(default_factory=_ProviderSlot)
 
     @field_validator("issuer")
     @classmethod
@@ -102,16 +119,16 @@ class CheckinCredentials(Block):
     @property
     def provider(self) -> TokenProvider:
         """The token provider of this block (one per block object, so its cache is shared)."""
-        if self._provider is None:
+        if self._slot.provider is None:
             oidc = self.oidc_client()
-            self._provider = TokenProvider(
+            self._slot.provider = TokenProvider(
                 self.sources(oidc),
                 margin=self.margin_seconds,
                 oidc=oidc,
                 keep_alive=self.keep_alive,
                 verify_signature=self.verify_signature,
             )
-        return self._provider
+        return self._slot.provider
 
     # -- what users call ---------------------------------------------------------------
     def get_token(self) -> AccessToken:

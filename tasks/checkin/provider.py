@@ -55,7 +55,6 @@ class TokenProvider:
         self.verify_signature = verify_signature
         self._lock = threading.Lock()
         self._current: tuple[AccessToken, TokenSource] | None = None
-        self.refresh_count = 0  # how many times the sources were consulted (for tests and logs)
 
     # -- public API ---------------------------------------------------------------
     def get_token(self) -> AccessToken:
@@ -98,7 +97,6 @@ class TokenProvider:
         return None
 
     def _refresh(self) -> AccessToken:
-        self.refresh_count += 1
         now = datetime.now(timezone.utc)
         attempts: list[SourceAttempt] = []
         stale: tuple[AccessToken, TokenSource] | None = None  # valid, but inside the margin
