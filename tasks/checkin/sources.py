@@ -131,7 +131,8 @@ class TokenFile(TokenSource):
         if stamp is None:
             raise SourceUnavailable(
                 "no such file",
-                "enable the access token mount of EGI Notebooks, or set token_file on the block",
+                "enable the access token mount of EGI Notebooks, or set token_files on the block "
+                "(--token-file for egi-flows)",
             )
         with self._lock:
             if self._cache and self._cache[0] == stamp:
@@ -183,7 +184,10 @@ class RefreshTokenSource(TokenSource):
 
     def fetch(self) -> AccessToken:
         if not self.configured:
-            raise SourceUnavailable("no refresh token configured", "set refresh_token and client_id on the block")
+            raise SourceUnavailable(
+                "no refresh token configured",
+                "set refresh_token and client_id on the block (OIDC_REFRESH_TOKEN and OIDC_CLIENT_ID for egi-flows)",
+            )
         if not self.client.client_id:
             raise SourceUnavailable("a refresh token is set but no client_id", "set client_id on the block")
         assert self._refresh_token is not None
