@@ -7,8 +7,16 @@ inside the functions that use them.
 """
 
 from tasks.checkin import CheckinCredentials, aget_checkin_token, get_checkin_token
+from tasks.dataminer import DataMiner, run_algorithm
 from tasks.redaction import install_log_redaction, redact_errors
 
 install_log_redaction()
 
-__all__ = ["CheckinCredentials", "aget_checkin_token", "get_checkin_token", "redact_errors"]
+__all__ = [
+    "CheckinCredentials",
+    "DataMiner",
+    "aget_checkin_token",
+    "get_checkin_token",
+    "redact_errors",
+    "run_algorithm",
+]

@@ -62,35 +62,58 @@ def describe_failure(failure: BaseException | httpx.Response) -> str:
     return f"{type(failure).__name__}: {failure}"
 
 
+_RETRYABLE = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+
+def _judge(what: str, url: str, outcome: httpx.Response | BaseException) -> httpx.Response | None:
+    """The response to return, or None to try again; certificate failures raise at once."""
+    if isinstance(outcome, BaseException):
+        if _is_certificate_failure(outcome):
+            raise TLSVerificationError(
+                f"{what} ({url}): the server's TLS certificate did not verify; "
+                "give the CA bundle that signed it (ca_bundle) — verification stays on"
+            ) from None
+        return None
+    return None if outcome.status_code in TRANSIENT_STATUS else outcome
+
+
+def _exhausted(what: str, url: str, policy: RetryPolicy, last: httpx.Response | BaseException) -> TransientHTTPError:
+    return TransientHTTPError(f"{what} ({url}) failed {policy.attempts} times; last failure: {describe_failure(last)}")
+
+
 def request_with_retries(
-    client: httpx.Client,
-    method: str,
-    url: str,
-    *,
-    policy: RetryPolicy,
-    what: str,
-    **kwargs: Any,
+    client: httpx.Client, method: str, url: str, *, policy: RetryPolicy, what: str, **kwargs: Any
 ) -> httpx.Response:
     """Send a request, retrying transient failures; return the first non-transient response."""
-    last: BaseException | httpx.Response | None = None
+    outcome: httpx.Response | BaseException | None = None
     for attempt in range(policy.attempts):
         if attempt:
             time.sleep(policy.delay(attempt - 1))
         try:
-            response = client.request(method, url, **kwargs)
-        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            if _is_certificate_failure(exc):
-                raise TLSVerificationError(
-                    f"{what} ({url}): the server's TLS certificate did not verify; "
-                    "give the CA bundle that signed it (ca_bundle) — verification stays on"
-                ) from None
-            last = exc
-            continue
-        if response.status_code in TRANSIENT_STATUS:
-            last = response
-            continue
-        return response
-    assert last is not None
-    raise TransientHTTPError(
-        f"{what} ({url}) failed {policy.attempts} times; last failure: {describe_failure(last)}"
-    )
+            outcome = client.request(method, url, **kwargs)
+        except _RETRYABLE as exc:
+            outcome = exc
+        if (response := _judge(what, url, outcome)) is not None:
+            return response
+    assert outcome is not None
+    raise _exhausted(what, url, policy, outcome)
+
+
+async def arequest_with_retries(
+    client: httpx.AsyncClient, method: str, url: str, *, policy: RetryPolicy, what: str, **kwargs: Any
+) -> httpx.Response:
+    """Async twin of `request_with_retries`, for idempotent requests only."""
+    import asyncio
+
+    outcome: httpx.Response | BaseException | None = None
+    for attempt in range(policy.attempts):
+        if attempt:
+            await asyncio.sleep(policy.delay(attempt - 1))
+        try:
+            outcome = await client.request(method, url, **kwargs)
+        except _RETRYABLE as exc:
+            outcome = exc
+        if (response := _judge(what, url, outcome)) is not None:
+            return response
+    assert outcome is not None
+    raise _exhausted(what, url, policy, outcome)

@@ -145,3 +145,45 @@ def _sweep_for_secrets(db: Path) -> None:
 def http() -> httpx.Client:
     with httpx.Client(timeout=10) as client:
         yield client
+
+
+class DataMinerPeer:
+    """The running DataMiner peer (PyWPS behind a DataMiner-like front)."""
+
+    def __init__(self, process: PeerProcess):
+        self.process = process
+        self.url = process.url
+        self.wps_url: str = process.info["wps_url"]
+        self.token: str = process.info["token"]
+        self.foreign_url: str = process.info["foreign_url"]
+
+    def stats(self) -> dict:
+        return self.process.stats()
+
+    def control(self, action: str, **payload) -> dict:
+        return self.process.control(action, **payload)
+
+    def block(self, **fields):
+        from pydantic import SecretStr
+
+        from tasks.dataminer import DataMiner
+
+        fields.setdefault("gcube_token", SecretStr(self.token))
+        return DataMiner(url=self.wps_url, **fields)
+
+
+@pytest.fixture(scope="session")
+def dataminer_process():
+    peer = start_peer("dataminer", "dataminer_peer.py")
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def dataminer(dataminer_process) -> DataMinerPeer:
+    peer = DataMinerPeer(dataminer_process)
+    peer.control("reset")
+    peer.control("restore", token=peer.token)
+    yield peer
+    peer.control("reset")
+    peer.control("restore", token=peer.token)

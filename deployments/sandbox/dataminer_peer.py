@@ -1,0 +1,250 @@
+"""A local D4Science DataMiner: real PyWPS 4.8 behind a DataMiner-like front.
+
+The front, like DataMiner's:
+- requires the gCube token: `gcube-token` header, `gcube-token=` query
+  parameter, or HTTP basic auth with the token as password (401 otherwise);
+- serves status documents at `/wps/RetrieveResultServlet?id=<uuid>` (the
+  statusLocation of every Execute response points there);
+- serves the files of DataMiner's `non_deterministic_output` from a storage
+  area, and a second "foreign" storage on another port that records every
+  credential it receives (a token must never reach it).
+
+For tests: `/_peer/stats` (request counters, credentials seen by the foreign
+storage), `/_peer/revoke` and `/_peer/restore` of a token, `/_peer/fault`
+(5xx bursts or delays on the next N requests).
+
+Run: `python dataminer_peer.py --port 0` prints one JSON line with its URLs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+DEFAULT_TOKEN = "gcube-0a1b2c3d-4e5f-6789-abcd-ef0123456789-843339462"
+STATUS_PATTERN = re.compile(rb'statusLocation="[^"]*/outputs/([0-9a-f-]{36})\.xml"')
+
+
+class PeerState:
+    def __init__(self, tokens: set[str]):
+        self.tokens = set(tokens)
+        self.counters: Counter[str] = Counter()
+        self.faults: dict[str, list[Any]] = {}  # kind -> [status, delay, remaining]
+        self.foreign_credentials: list[str] = []
+        self.lock = threading.Lock()
+
+    def count(self, name: str) -> None:
+        with self.lock:
+            self.counters[name] += 1
+
+    def take_fault(self, kind: str) -> tuple[int, float] | None:
+        with self.lock:
+            fault = self.faults.get(kind)
+            if not fault or fault[2] <= 0:
+                return None
+            fault[2] -= 1
+            return fault[0], fault[1]
+
+
+def write_config(folder: Path, base_url: str, parallel: int) -> Path:
+    outputs = folder / "outputs"
+    work = folder / "work"
+    outputs.mkdir(exist_ok=True)
+    work.mkdir(exist_ok=True)
+    config = folder / "pywps.cfg"
+    config.write_text(
+        "[server]\n"
+        f"url = {base_url}/wps/WebProcessingService\n"
+        f"outputurl = {base_url}/wps/outputs/\n"
+        f"outputpath = {outputs}\n"
+        f"workdir = {work}\n"
+        f"parallelprocesses = {parallel}\n"
+        "maxprocesses = 100\n"
+        "maxsingleinputsize = 10mb\n"
+        "maxrequestsize = 20mb\n"
+        "[processing]\n"
+        "mode = multiprocessing\n"
+        "[logging]\n"
+        "level = INFO\n"
+        f"database = sqlite:///{folder / 'pywps-log.sqlite'}\n"
+        f"file = {folder / 'pywps.log'}\n"
+    )
+    return config
+
+
+def token_of(environ: dict[str, Any], query: dict[str, list[str]]) -> str | None:
+    if environ.get("HTTP_GCUBE_TOKEN"):
+        return environ["HTTP_GCUBE_TOKEN"]
+    if "gcube-token" in query:
+        return query["gcube-token"][-1]
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    if auth[:6].lower() == "basic ":
+        try:
+            return base64.b64decode(auth[6:]).decode().partition(":")[2]
+        except ValueError:
+            return None
+    return None
+
+
+def make_front(service: Any, state: PeerState, outputs: Path, base_url: str):
+    def rewrite(body: bytes) -> bytes:
+        return STATUS_PATTERN.sub(
+            lambda m: f'statusLocation="{base_url}/wps/RetrieveResultServlet?id={m.group(1).decode()}"'.encode(), body)
+
+    def reply(start_response, status: str, body: bytes, content_type: str = "text/plain") -> list[bytes]:
+        start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def app(environ: dict[str, Any], start_response):
+        path = environ.get("PATH_INFO", "")
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        if path.startswith("/_peer/"):
+            return control(path[7:], environ, start_response)
+        request = (query.get("request") or query.get("Request") or [""])[0]
+        kind = ("status" if path.endswith("RetrieveResultServlet") else
+                "output" if "/outputs/" in path else
+                request or environ["REQUEST_METHOD"].lower() + "-execute")
+        state.count(kind)
+        fault = state.take_fault(kind) or state.take_fault("any")
+        if fault:
+            if fault[1]:
+                time.sleep(fault[1])
+            if fault[0]:
+                return reply(start_response, f"{fault[0]} Injected Fault", b"injected fault")
+        token = token_of(environ, query)
+        if token not in state.tokens:
+            state.count("unauthorized")
+            return reply(start_response, "401 Unauthorized", b"Unauthorized: a valid gcube-token is required")
+        if path.endswith("RetrieveResultServlet"):
+            job = (query.get("id") or [""])[0]
+            document = outputs / f"{job}.xml"
+            if not re.fullmatch(r"[0-9a-f-]{36}", job) or not document.exists():
+                return reply(start_response, "404 Not Found", b"unknown computation id")
+            return reply(start_response, "200 OK", rewrite(document.read_bytes()), "text/xml")
+        if "/outputs/" in path:
+            target = (outputs / path.split("/outputs/", 1)[1]).resolve()
+            if not target.is_relative_to(outputs.resolve()) or not target.is_file():
+                return reply(start_response, "404 Not Found", b"no such output")
+            return reply(start_response, "200 OK", target.read_bytes(), "application/octet-stream")
+        if path == "/wps/WebProcessingService":
+            chunks: list[bytes] = []
+            headers: list[Any] = []
+
+            def capture(status: str, response_headers: list[Any], exc_info: Any = None):
+                headers[:] = [status, response_headers]
+
+            for chunk in service(environ, capture):
+                chunks.append(chunk)
+            body = rewrite(b"".join(chunks))
+            status, response_headers = headers
+            response_headers = [(k, v) for k, v in response_headers if k.lower() != "content-length"]
+            start_response(status, response_headers + [("Content-Length", str(len(body)))])
+            return [body]
+        return reply(start_response, "404 Not Found", b"not found")
+
+    def control(action: str, environ: dict[str, Any], start_response):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = json.loads(environ["wsgi.input"].read(length) or b"{}") if length else {}
+        with state.lock:
+            if action == "stats":
+                answer: Any = {**state.counters, "foreign_credentials": list(state.foreign_credentials)}
+            elif action == "revoke":
+                state.tokens.discard(body["token"])
+                answer = {"ok": True}
+            elif action == "restore":
+                state.tokens.add(body["token"])
+                answer = {"ok": True}
+            elif action == "fault":
+                state.faults[body.get("kind", "any")] = [int(body.get("status", 503)),
+                                                         float(body.get("delay", 0)), int(body.get("count", 1))]
+                answer = {"ok": True}
+            elif action == "reset":
+                state.counters.clear()
+                state.faults.clear()
+                state.foreign_credentials.clear()
+                answer = {"ok": True}
+            else:
+                return reply(start_response, "404 Not Found", b"unknown control")
+        return reply(start_response, "200 OK", json.dumps(answer).encode(), "application/json")
+
+    return app
+
+
+def start_foreign_storage(storage: Path, state: PeerState) -> ThreadingHTTPServer:
+    """Another host's storage: serves files, records any credential it is sent."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            for header in ("Authorization", "gcube-token", "Cookie"):
+                if self.headers.get(header):
+                    state.foreign_credentials.append(f"{header} header")
+            if "gcube-token" in self.path:
+                state.foreign_credentials.append("gcube-token query parameter")
+            target = storage / Path(self.path.split("?")[0]).name
+            body = target.read_bytes() if target.is_file() else b"missing"
+            self.send_response(200 if target.is_file() else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token", action="append", help="accepted gCube token(s)")
+    parser.add_argument("--parallel", type=int, default=8, help="PyWPS parallelprocesses")
+    parser.add_argument("--workdir", help="where PyWPS keeps status documents and outputs (kept across restarts)")
+    args = parser.parse_args(argv)
+
+    from waitress.server import create_server
+
+    folder = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="dataminer-peer-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    state = PeerState(set(args.token or [DEFAULT_TOKEN]))
+    holder: dict[str, Any] = {}
+    server = create_server(lambda e, s: holder["app"](e, s), host="127.0.0.1", port=args.port, threads=16)
+    base_url = f"http://127.0.0.1:{server.effective_port}"
+    config = write_config(folder, base_url, args.parallel)
+    outputs = folder / "outputs"
+    foreign = start_foreign_storage(outputs, state)
+    foreign_url = f"http://127.0.0.1:{foreign.server_address[1]}/shared"
+    # Read by the CSV_SUMMARY process (a forked child) to publish its files.
+    os.environ["DATAMINER_PEER_STORAGE_URL"] = f"{base_url}/wps/outputs"
+    os.environ["DATAMINER_PEER_STORAGE_DIR"] = str(outputs)
+    os.environ["DATAMINER_PEER_FOREIGN_URL"] = foreign_url
+
+    from pywps import Service
+
+    from dataminer_processes import processes
+
+    service = Service(processes(), [str(config)])
+    holder["app"] = make_front(service, state, outputs, base_url)
+    print(json.dumps({"url": base_url, "wps_url": f"{base_url}/wps/WebProcessingService",
+                      "token": sorted(state.tokens)[0], "foreign_url": foreign_url, "workdir": str(folder)}),
+          flush=True)
+    server.run()
+
+
+if __name__ == "__main__":
+    main()

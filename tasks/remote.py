@@ -1,0 +1,381 @@
+"""The remote-job engine shared by DataMiner and DIRAC.
+
+A DataMiner execution and a DIRAC job have the same shape: submit, poll,
+cancel, fetch. Each service is a small `RemoteJobAdapter`; this module owns the
+one wait loop (`watch`) so that no service grows its own polling loop.
+
+The loop, modelled on Parsl's `ExecutionProvider` and Prefect's `JobRun`:
+- polls in BULK (`adapter.poll(ids)`: one round trip for all jobs per cycle);
+- adapts its interval: fast at first, backing off to a cap, fast again after a
+  change (a job moved, or its progress did);
+- has an overall deadline;
+- absorbs transient errors (5xx, timeouts, resets) with exponential backoff up
+  to a bound, and on 401 asks the adapter to renew its credentials first —
+  never a busy loop, always a clear error at the end;
+- reports through a `WatchReporter`: state changes logged (not every poll), a
+  Prefect progress artifact (throttled), an event per transition
+  (`egi.<service>.job.<state>`) and a table artifact at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+import httpx
+
+logger = logging.getLogger("prefect_egi.remote")
+
+
+class JobState(str, Enum):
+    """One state set for every service."""
+
+    SUBMITTED = "submitted"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What a service says about one job, in the uniform vocabulary."""
+
+    job_id: str
+    state: JobState
+    progress: float | None = None  # 0–100, None when the service does not say
+    message: str = ""
+    detail: Mapping[str, Any] = field(default_factory=dict)  # service-specific (minor status, site…)
+
+    def same_as(self, other: "JobStatus | None") -> bool:
+        return other is not None and (self.state, self.progress, self.message) == (
+            other.state, other.progress, other.message)
+
+
+class TransientServiceError(Exception):
+    """The service could not answer now (5xx, timeout, reset): try again later."""
+
+
+class CredentialsRejected(Exception):
+    """The service answered 401: the adapter should renew its credentials."""
+
+
+class WatchError(Exception):
+    """Waiting ended without every job finishing; the jobs may still run remotely."""
+
+    def __init__(self, message: str, statuses: Mapping[str, JobStatus]):
+        super().__init__(message)
+        self.statuses = dict(statuses)
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.statuses))
+
+
+class WatchDeadlineExceeded(WatchError):
+    """The overall deadline passed."""
+
+
+class WatchGaveUp(WatchError):
+    """Status requests kept failing beyond the error bound."""
+
+
+class RemoteJobAdapter(ABC):
+    """One service's part of the engine: how to submit, poll, cancel and fetch."""
+
+    #: short service name used in events (`egi.<service>.job.<state>`) and logs
+    service: ClassVar[str]
+
+    @abstractmethod
+    async def poll(self, job_ids: Sequence[str]) -> Mapping[str, JobStatus]:
+        """Statuses of many jobs in as few round trips as the service allows."""
+
+    @abstractmethod
+    async def cancel(self, job_ids: Sequence[str]) -> Mapping[str, JobStatus]:
+        """Ask the service to stop these jobs; return what it then says about them."""
+
+    async def renew_credentials(self) -> bool:
+        """Called after a 401: get fresh credentials. False when nothing can change."""
+        return False
+
+    def job_label(self, job_id: str) -> str:
+        """How to name a job to a human (logs, tables)."""
+        return job_id
+
+    def job_link(self, job_id: str) -> str | None:
+        """A URL where the job can be seen, if any (tables, events)."""
+        return None
+
+
+@dataclass(frozen=True)
+class WatchPolicy:
+    """How to wait. The defaults detect a 2 s job within ~0.5 s and poll a long
+    one every 10 s; errors back off 1, 2, 4 … 60 s, at most 10 in a row."""
+
+    first_interval: float = 0.5
+    backoff_factor: float = 1.5
+    max_interval: float = 10.0
+    deadline: float | None = 7 * 24 * 3600.0
+    error_backoff: float = 1.0
+    max_error_backoff: float = 60.0
+    max_consecutive_errors: int = 10
+    max_credential_renewals: int = 3
+    progress_every: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.first_interval <= 0 or self.max_interval < self.first_interval:
+            raise ValueError("WatchPolicy: need 0 < first_interval <= max_interval")
+        if self.backoff_factor < 1:
+            raise ValueError("WatchPolicy: backoff_factor must be >= 1")
+        if self.deadline is not None and self.deadline <= 0:
+            raise ValueError("WatchPolicy: deadline must be positive (seconds) or None")
+
+
+class WatchReporter:
+    """Hears what the loop sees. This base only logs; `PrefectReporter` adds the UI."""
+
+    def __init__(self, adapter: RemoteJobAdapter, log: logging.Logger | logging.LoggerAdapter | None = None):
+        self.adapter = adapter
+        self.log = log or logger
+
+    async def started(self, statuses: Mapping[str, JobStatus]) -> None:
+        self.log.info("Watching %d %s job(s)", len(statuses), self.adapter.service)
+
+    async def transition(self, old: JobStatus | None, new: JobStatus) -> None:
+        before = old.state.value if old else "new"
+        text = f" — {new.message}" if new.message else ""
+        self.log.info("%s job %s: %s → %s%s", self.adapter.service, self.adapter.job_label(new.job_id),
+                      before, new.state.value, text)
+
+    async def progress(self, statuses: Mapping[str, JobStatus], force: bool = False) -> None:
+        pass
+
+    async def trouble(self, problem: str, delay: float) -> None:
+        self.log.warning("%s status request failed (%s); retrying in %.1f s", self.adapter.service, problem, delay)
+
+    async def finished(self, statuses: Mapping[str, JobStatus]) -> None:
+        counts = summarise(statuses.values())
+        self.log.info("%s jobs done: %s", self.adapter.service, ", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+def summarise(statuses: Any) -> dict[str, int]:
+    """Count jobs per state, in the state set's order."""
+    counts = {state.value: 0 for state in JobState}
+    for status in statuses:
+        counts[status.state.value] += 1
+    return {state: n for state, n in counts.items() if n}
+
+
+def overall_progress(statuses: Mapping[str, JobStatus]) -> float:
+    """Mean progress: finished jobs count 100, jobs without progress 0."""
+    if not statuses:
+        return 100.0
+    total = 0.0
+    for status in statuses.values():
+        total += 100.0 if status.state.terminal else float(status.progress or 0.0)
+    return round(total / len(statuses), 1)
+
+
+def classify(exc: BaseException) -> type[Exception] | None:
+    """Map an exception from an adapter to TransientServiceError/CredentialsRejected (or None: fatal)."""
+    if isinstance(exc, (TransientServiceError, CredentialsRejected)):
+        return type(exc)
+    if isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)):
+        return TransientServiceError
+    if isinstance(exc, httpx.HTTPStatusError):
+        code = exc.response.status_code
+        if code == 401:
+            return CredentialsRejected
+        if code in (429, 500, 502, 503, 504):
+            return TransientServiceError
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code}"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def watch(
+    adapter: RemoteJobAdapter,
+    job_ids: Sequence[str],
+    policy: WatchPolicy | None = None,
+    reporter: WatchReporter | None = None,
+    *,
+    sleep: Any = asyncio.sleep,
+    clock: Any = time.monotonic,
+) -> dict[str, JobStatus]:
+    """Wait until every job is finished; return their final statuses.
+
+    Raises `WatchDeadlineExceeded` or `WatchGaveUp` (with the last statuses) —
+    the remote jobs are NOT cancelled by that; the caller decides.
+    """
+    policy = policy or WatchPolicy()
+    reporter = reporter or WatchReporter(adapter)
+    ids = list(dict.fromkeys(str(i) for i in job_ids))
+    statuses: dict[str, JobStatus] = {i: JobStatus(i, JobState.SUBMITTED) for i in ids}
+    started = clock()
+    deadline = started + policy.deadline if policy.deadline else None
+    interval = policy.first_interval
+    errors = renewals = 0
+    await reporter.started(statuses)
+
+    while True:
+        pending = [i for i in ids if not statuses[i].state.terminal]
+        if not pending:
+            break
+        try:
+            answer = await adapter.poll(pending)
+        except Exception as exc:  # classified below; anything unknown is fatal
+            kind = classify(exc)
+            if kind is None:
+                raise
+            errors += 1
+            if kind is CredentialsRejected:
+                renewals += 1
+                renewed = await adapter.renew_credentials()
+                if renewals > policy.max_credential_renewals or not renewed and renewals > 1:
+                    raise WatchGaveUp(
+                        f"{adapter.service} rejected the credentials (HTTP 401) {renewals} times while waiting; "
+                        f"{'renewing them did not help' if renewed else 'they cannot be renewed'} — check that "
+                        "the token is still valid. The jobs may still be running.", statuses) from None
+            if errors >= policy.max_consecutive_errors:
+                raise WatchGaveUp(
+                    f"{adapter.service} status requests failed {errors} times in a row; last: {_describe(exc)}. "
+                    "The jobs may still be running; watch them again later.", statuses) from None
+            delay = min(policy.error_backoff * 2 ** (errors - 1), policy.max_error_backoff)
+            await reporter.trouble(_describe(exc), delay)
+            if deadline is not None and clock() + delay > deadline:
+                raise WatchDeadlineExceeded(_deadline_text(adapter, policy, statuses), statuses) from None
+            await sleep(delay)
+            continue
+
+        errors = renewals = 0
+        changed = False
+        for job_id in pending:
+            new = answer.get(job_id)
+            if new is None:
+                continue
+            old = statuses[job_id]
+            if not new.same_as(old):
+                changed = True
+                if new.state != old.state:
+                    await reporter.transition(old, new)
+                statuses[job_id] = new
+        await reporter.progress(statuses)
+        if all(statuses[i].state.terminal for i in ids):
+            break
+        interval = policy.first_interval if changed else min(interval * policy.backoff_factor, policy.max_interval)
+        if deadline is not None and clock() >= deadline:
+            raise WatchDeadlineExceeded(_deadline_text(adapter, policy, statuses), statuses)
+        if deadline is not None:
+            interval = max(0.0, min(interval, deadline - clock()))
+        await sleep(interval)
+
+    await reporter.progress(statuses, force=True)
+    await reporter.finished(statuses)
+    return statuses
+
+
+def _deadline_text(adapter: RemoteJobAdapter, policy: WatchPolicy, statuses: Mapping[str, JobStatus]) -> str:
+    waiting = [adapter.job_label(s.job_id) for s in statuses.values() if not s.state.terminal]
+    return (f"gave up waiting for {len(waiting)} {adapter.service} job(s) after the {policy.deadline:.0f} s deadline: "
+            f"{', '.join(waiting[:10])}{' …' if len(waiting) > 10 else ''}. They may still be running.")
+
+
+class PrefectReporter(WatchReporter):
+    """Reports into the Prefect UI: run logs, a throttled progress artifact, one
+    event per transition and a table artifact of every job's final state."""
+
+    def __init__(self, adapter: RemoteJobAdapter, title: str = "", log: Any = None,
+                 throttle: float = 2.0, clock: Any = time.monotonic):
+        self.throttle = throttle
+        if log is None:
+            log = _run_logger()
+        super().__init__(adapter, log)
+        self.title = title or f"{adapter.service} jobs"
+        self.clock = clock
+        self._artifact_id: Any = None
+        self._last_update = float("-inf")
+        self._last_value: float | None = None
+
+    async def started(self, statuses: Mapping[str, JobStatus]) -> None:
+        await super().started(statuses)
+        if _in_run():
+            from prefect.artifacts import acreate_progress_artifact
+
+            self._artifact_id = await acreate_progress_artifact(
+                progress=overall_progress(statuses), description=f"{self.title}: progress")
+            self._last_update = self.clock()
+
+    async def transition(self, old: JobStatus | None, new: JobStatus) -> None:
+        await super().transition(old, new)
+        if not _in_run():  # outside a run there is no API to send events to (and none to start)
+            return
+        from prefect.events import emit_event
+
+        resource = {"prefect.resource.id": f"egi.{self.adapter.service}.job.{new.job_id}",
+                    "prefect.resource.name": self.adapter.job_label(new.job_id)}
+        link = self.adapter.job_link(new.job_id)
+        if link:
+            resource["egi.job.url"] = link
+        emit_event(
+            event=f"egi.{self.adapter.service}.job.{new.state.value}",
+            resource=resource,
+            payload={"previous": old.state.value if old else None, "progress": new.progress,
+                     "message": new.message[:500]},
+        )
+
+    async def progress(self, statuses: Mapping[str, JobStatus], force: bool = False) -> None:
+        if self._artifact_id is None:
+            return
+        value = overall_progress(statuses)
+        now = self.clock()
+        if value == self._last_value or (not force and now - self._last_update < self.throttle):
+            return
+        from prefect.artifacts import aupdate_progress_artifact
+
+        counts = ", ".join(f"{n} {s}" for s, n in summarise(statuses.values()).items())
+        await aupdate_progress_artifact(self._artifact_id, progress=value, description=f"{self.title}: {counts}")
+        self._last_update, self._last_value = now, value
+
+    async def finished(self, statuses: Mapping[str, JobStatus]) -> None:
+        await super().finished(statuses)
+        if not _in_run():
+            return
+        from prefect.artifacts import acreate_table_artifact
+
+        rows = [
+            {"job": self.adapter.job_label(s.job_id), "state": s.state.value,
+             "progress": "" if s.progress is None else s.progress, "message": s.message[:300],
+             "link": self.adapter.job_link(s.job_id) or ""}
+            for s in statuses.values()
+        ]
+        await acreate_table_artifact(rows, description=f"{self.title}: final states")
+
+
+def _in_run() -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def _run_logger() -> Any:
+    if _in_run():
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    return logger

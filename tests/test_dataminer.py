@@ -1,0 +1,150 @@
+"""DataMiner over WPS against the local PyWPS peer: discovery, validation,
+execution end to end, failures, faults and the token's reach."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tasks.dataminer import DataMinerExecutionFailed, process_id
+from tasks.remote import JobState, WatchDeadlineExceeded, WatchGaveUp, WatchPolicy, watch
+from tasks.wps import InputValidationError, WPSAuthError, WPSServiceError
+
+FAST = WatchPolicy(first_interval=0.2, max_interval=1.0, error_backoff=0.2, max_error_backoff=1.0)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_processes_and_descriptions(dataminer):
+    from tasks.dataminer import describe_process, list_processes
+
+    block = dataminer.block()
+    names = [p.identifier for p in run(list_processes.fn(block))]
+    assert process_id("FAST_ECHO") in names and process_id("CSV_SUMMARY") in names
+    described = run(describe_process.fn(block, "FAST_ECHO"))
+    times, mode, tags = described.input("times"), described.input("mode"), described.input("tags")
+    assert (times.data_type, times.allowed_range, times.default, times.required) == ("integer", (1.0, 5.0), "1", False)
+    assert mode.allowed_values == ("plain", "fancy") and tags.max_occurs == 3
+    assert described.input("text").required
+    table = run(describe_process.fn(block, "CSV_SUMMARY")).input("table")
+    assert table.kind == "complex" and table.mime_types == ("text/csv",)
+
+
+def test_every_input_problem_is_listed_and_nothing_is_submitted(dataminer, tmp_path):
+    from tasks.dataminer import submit_execution
+
+    big = tmp_path / "big.csv"
+    big.write_bytes(b"a\n" + b"1\n" * (3 * 1024 * 1024))
+    with pytest.raises(InputValidationError) as caught:
+        run(submit_execution(dataminer.block(), "FAST_ECHO", {
+            "times": 9, "scale": "wide", "uppercase": "maybe", "mode": "loud", "tags": ["a", "b", "c", "d"],
+            "colour": "red"}))
+    problems = caught.value.problems
+    assert problems == [
+        "colour: unknown input (this process takes: text, times, scale, uppercase, mode, tags)",
+        "text: missing (string input, required)",
+        "times: 9 is outside the allowed range 1…5",
+        "scale: expected a number, got 'wide'",
+        "uppercase: expected true or false, got 'maybe'",
+        "mode: 'loud' is not one of plain, fancy",
+        "tags: 4 values given, at most 3 allowed",
+    ]
+    with pytest.raises(InputValidationError, match="table: file .* does not exist"):
+        run(submit_execution(dataminer.block(), "CSV_SUMMARY", {"table": Path(tmp_path / "nope.csv")}))
+    with pytest.raises(InputValidationError, match="over the 5242880-byte limit"):
+        run(submit_execution(dataminer.block(), "CSV_SUMMARY", {"table": big}))
+    assert "post-execute" not in dataminer.stats()
+
+
+def test_unknown_process_and_bad_token_are_clear(dataminer):
+    from tasks.dataminer import describe_process
+
+    with pytest.raises(WPSServiceError) as caught:
+        run(describe_process.fn(dataminer.block(), "NO_SUCH_ALGORITHM"))
+    assert "NO_SUCH_ALGORITHM" in str(caught.value) and "<" not in str(caught.value)
+    with pytest.raises(WPSAuthError, match="refused the gCube token \\(HTTP 401\\)"):
+        run(describe_process.fn(dataminer.block(gcube_token="wrong-token-value"), "FAST_ECHO"))
+
+
+@pytest.mark.parametrize("mode", ["header", "query", "basic"])
+def test_literal_algorithm_with_each_token_mode(dataminer, tmp_path, mode):
+    from tasks.dataminer import run_algorithm
+
+    result = run(run_algorithm.fn(dataminer.block(token_mode=mode), "FAST_ECHO",
+                                  {"text": "hi", "times": 2, "uppercase": True, "tags": ["x", "y"], "scale": 0.5},
+                                  destination=str(tmp_path), policy=FAST))
+    assert result.state == "succeeded" and result.process == "FAST_ECHO"
+    assert result.literals == {"result": "HI HI | tags=x,y | scale=0.5"}
+    assert dataminer.stats().get("unauthorized", 0) == 0
+
+
+def test_files_by_url_and_reference_and_the_token_stays_home(dataminer, tmp_path):
+    from tasks.dataminer import run_algorithm
+
+    table = tmp_path / "in.csv"
+    table.write_text("a,b\n1,2\n3,4\n")
+    # by URL: PyWPS fetches it from the peer's own storage (a public output URL)
+    result = run(run_algorithm.fn(dataminer.block(), "CSV_SUMMARY", {"table": table},
+                                  destination=str(tmp_path / "out"), policy=FAST))
+    assert result.state == "succeeded"
+    names = {f.name: f for f in result.files}
+    assert sorted(n[:3] for n in names) == ["01-", "02-", "03-", "sum"]
+    assert all(f.path and f.error is None for f in result.files)
+    summary = Path(names["summary"].path).read_text()
+    assert summary.splitlines() == ["column,count,sum", "a,2,4", "b,2,6"]
+    described = {f.description: f for f in result.files if f.name != "summary"}
+    assert set(described) == {"Log of the computation", "Summary table", "Copy on the shared storage"}
+    assert Path(described["Copy on the shared storage"].path).read_text() == summary
+    assert described["Copy on the shared storage"].url.startswith(dataminer.foreign_url)
+    assert dataminer.stats()["foreign_credentials"] == []  # the foreign host never saw a credential
+    by_url = run(run_algorithm.fn(dataminer.block(), "CSV_SUMMARY", {"table": described["Summary table"].url},
+                                  destination=str(tmp_path / "again"), policy=FAST))
+    assert Path(next(f.path for f in by_url.files if f.name == "summary")).read_text().startswith("column,count,sum")
+
+
+def test_server_side_failure_and_crash_carry_the_server_text(dataminer, tmp_path):
+    from tasks.dataminer import run_algorithm
+
+    with pytest.raises(DataMinerExecutionFailed) as failed:
+        run(run_algorithm.fn(dataminer.block(), "ALWAYS_FAILS", {}, destination=str(tmp_path), policy=FAST))
+    assert "ALWAYS_FAILS failed: Process error: Algorithm failed: the input table has no numeric column" in str(failed.value)
+    with pytest.raises(DataMinerExecutionFailed, match="CRASHES failed: Process failed, please check server error log"):
+        run(run_algorithm.fn(dataminer.block(), "CRASHES", {}, destination=str(tmp_path), policy=FAST))
+
+
+def _submit(dataminer, process, inputs):
+    from tasks.dataminer import submit_execution
+
+    return run(submit_execution(dataminer.block(), process, inputs))
+
+
+def test_transient_5xx_during_the_wait_is_absorbed(dataminer):
+    job = _submit(dataminer, "SLOW_COUNTER", {"seconds": 2, "steps": 4})
+    dataminer.control("fault", kind="status", status=503, count=3)
+    adapter = dataminer.block().job_adapter()
+    final = run(watch(adapter, [job], FAST))
+    assert final[job].state is JobState.SUCCEEDED
+    stats = dataminer.stats()
+    assert stats["status"] >= 4 and stats["status"] < 20
+
+
+def test_revoked_token_mid_job_fails_clearly_without_a_busy_loop(dataminer):
+    job = _submit(dataminer, "SLOW_COUNTER", {"seconds": 5, "steps": 5})
+    adapter = dataminer.block().job_adapter()
+    dataminer.control("revoke", token=dataminer.token)
+    with pytest.raises(WatchGaveUp, match="rejected the credentials \\(HTTP 401\\) 2 times.*cannot be renewed"):
+        run(watch(adapter, [job], FAST))
+    assert dataminer.stats()["status"] == 2  # one retry, then a clear failure
+
+
+def test_deadline_is_enforced(dataminer):
+    job = _submit(dataminer, "SLOW_COUNTER", {"seconds": 6, "steps": 3})
+    adapter = dataminer.block().job_adapter()
+    with pytest.raises(WatchDeadlineExceeded) as caught:
+        run(watch(adapter, [job], WatchPolicy(first_interval=0.2, max_interval=0.5, deadline=1.5)))
+    assert "after the 2 s deadline" in str(caught.value) or "after the 1 s deadline" in str(caught.value)
+    assert caught.value.statuses[job].state in (JobState.QUEUED, JobState.RUNNING)
