@@ -7,12 +7,12 @@ token from a saved block, and shows the identity (never the token) in the UI.
     egi_identity("egi-checkin")
 """
 
-from __future__ import annotations
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
+from flows._blocks import load_named
 from tasks.checkin import CheckinCredentials
 from tasks.checkin.identity import Identity
 from tasks.redaction import redact_errors
@@ -72,14 +72,7 @@ def describe_identity(credentials: CheckinCredentials) -> IdentityReport:
 def egi_identity(credentials_block: str = "egi-checkin") -> IdentityReport:
     """Load the `CheckinCredentials` block named `credentials_block`, resolve its token
     and publish who it belongs to as a markdown artifact."""
-    try:
-        credentials = CheckinCredentials.load(credentials_block)
-    except ValueError:
-        raise ValueError(
-            f"credentials_block: there is no EGI Check-in Credentials block named {credentials_block!r}. "
-            f"Create it in the Prefect UI (Blocks → EGI Check-in Credentials) or in Python with "
-            f"CheckinCredentials(refresh_token=..., client_id=...).save({credentials_block!r})."
-        ) from None
+    credentials = load_named(CheckinCredentials, credentials_block, "credentials_block")
     report = describe_identity(credentials)
     create_markdown_artifact(report.markdown(), key="egi-identity", description="EGI Check-in identity")
     return report

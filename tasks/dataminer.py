@@ -248,7 +248,9 @@ async def collect_outputs(dataminer: DataMiner, job_id: str, destination: str | 
         wanted: list[tuple[str, ResultFile]] = []
         for output in status.outputs:
             if output.reference:
-                wanted.append((output.identifier, ResultFile(output.identifier, output.mime_type or "", output.reference)))
+                suffix = Path(urlsplit(output.reference).path).suffix
+                wanted.append((output.identifier + suffix,
+                               ResultFile(output.identifier, output.mime_type or "", output.reference)))
             elif output.embedded is not None and output.identifier == "non_deterministic_output":
                 wanted += [(f"{i:02d}-{Path(urlsplit(f.url).path).name}", f)
                            for i, f in enumerate(parse_result_files(output.embedded), start=1)]
@@ -276,9 +278,11 @@ async def collect_outputs(dataminer: DataMiner, job_id: str, destination: str | 
 @task(name="dataminer-fetch-outputs", retries=2, retry_delay_seconds=5)
 @redact_errors
 async def fetch_outputs(dataminer: DataMiner | str | None, job_id: str, destination: str = "dataminer-outputs",
-                        max_bytes: int = 500 * 1024 * 1024, timeout: float = 600.0) -> DataMinerResult:
+                        max_bytes: int = 500 * 1024 * 1024, timeout: float = 600.0,
+                        process: str = "") -> DataMinerResult:
     """Download an execution's outputs into `destination/<execution id>/` and show them."""
-    result = await collect_outputs(_dataminer(dataminer), job_id, destination, max_bytes, timeout)
+    result = await collect_outputs(_dataminer(dataminer), job_id, destination, max_bytes, timeout,
+                                   process=short_name(process_id(process)) if process else "")
     await _publish(result)
     return result
 

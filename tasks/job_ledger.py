@@ -77,15 +77,14 @@ class JobLedger:
     async def find(self, key: str) -> Submission | None:
         if self.flow_run_id is None:
             return self._memory.get(key)
+        found = await self._filter(RECORD_PREFIX + key)
+        return next((Submission.from_json(item.value) for item in found if item.key == RECORD_PREFIX + key), None)
+
+    async def _filter(self, prefix: str, limit: int = 1000) -> list[Any]:
         from prefect.client.orchestration import get_client
-        from prefect.exceptions import ObjectNotFound
 
         async with get_client() as client:
-            try:
-                value = await client.read_flow_run_input(self.flow_run_id, RECORD_PREFIX + key)
-            except ObjectNotFound:
-                return None
-        return Submission.from_json(value)
+            return await client.filter_flow_run_input(self.flow_run_id, prefix, limit=limit, exclude_keys=set())
 
     async def record(self, submission: Submission) -> None:
         """Persist a submission; call it right after the service accepted the jobs."""
@@ -101,33 +100,23 @@ class JobLedger:
     async def submissions(self) -> list[Submission]:
         if self.flow_run_id is None:
             return list(self._memory.values())
-        from prefect.client.orchestration import get_client
-
-        async with get_client() as client:
-            found = await client.filter_flow_run_input(self.flow_run_id, RECORD_PREFIX, limit=1000, exclude_keys=set())
-        return [Submission.from_json(item.value) for item in found]
+        return [Submission.from_json(item.value) for item in await self._filter(RECORD_PREFIX)]
 
     async def mark_cancel_requested(self, key: str) -> None:
         if self.flow_run_id is None:
             self._cancelled.add(key)
             return
+        if await self.cancel_requested(key):
+            return
         from prefect.client.orchestration import get_client
 
         async with get_client() as client:
-            existing = await client.filter_flow_run_input(self.flow_run_id, CANCEL_PREFIX + key, limit=1,
-                                                          exclude_keys=set())
-            if not existing:
-                await client.create_flow_run_input(self.flow_run_id, CANCEL_PREFIX + key, json.dumps(True))
+            await client.create_flow_run_input(self.flow_run_id, CANCEL_PREFIX + key, json.dumps(True))
 
     async def cancel_requested(self, key: str) -> bool:
         if self.flow_run_id is None:
             return key in self._cancelled
-        from prefect.client.orchestration import get_client
-
-        async with get_client() as client:
-            found = await client.filter_flow_run_input(self.flow_run_id, CANCEL_PREFIX + key, limit=1,
-                                                       exclude_keys=set())
-        return bool(found)
+        return any(item.key == CANCEL_PREFIX + key for item in await self._filter(CANCEL_PREFIX + key, limit=1))
 
 
 def cancel_remote_jobs(flow: Any, flow_run: Any, state: Any) -> None:

@@ -135,7 +135,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def redact_errors(fn: F) -> F:
     """Decorator for flows and tasks: exceptions leave it with secrets masked.
 
-    Put it *under* `@flow`/`@task` so that Prefect records the cleaned exception::
+    Put it *under* `@flow`/`@task` so that Prefect records the cleaned exception
+    (in a module without `from __future__ import annotations`: Prefect resolves a
+    flow's parameter types through the wrapper)::
 
         @flow
         @redact_errors

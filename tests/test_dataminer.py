@@ -94,16 +94,16 @@ def test_files_by_url_and_reference_and_the_token_stays_home(dataminer, tmp_path
     names = {f.name: f for f in result.files}
     assert sorted(n[:3] for n in names) == ["01-", "02-", "03-", "sum"]
     assert all(f.path and f.error is None for f in result.files)
-    summary = Path(names["summary"].path).read_text()
+    summary = Path(names["summary.csv"].path).read_text()
     assert summary.splitlines() == ["column,count,sum", "a,2,4", "b,2,6"]
-    described = {f.description: f for f in result.files if f.name != "summary"}
+    described = {f.description: f for f in result.files if f.name != "summary.csv"}
     assert set(described) == {"Log of the computation", "Summary table", "Copy on the shared storage"}
     assert Path(described["Copy on the shared storage"].path).read_text() == summary
     assert described["Copy on the shared storage"].url.startswith(dataminer.foreign_url)
     assert dataminer.stats()["foreign_credentials"] == []  # the foreign host never saw a credential
     by_url = run(run_algorithm.fn(dataminer.block(), "CSV_SUMMARY", {"table": described["Summary table"].url},
                                   destination=str(tmp_path / "again"), policy=FAST))
-    assert Path(next(f.path for f in by_url.files if f.name == "summary")).read_text().startswith("column,count,sum")
+    assert Path(next(f.path for f in by_url.files if f.name == "summary.csv")).read_text().startswith("column,count,sum")
 
 
 def test_server_side_failure_and_crash_carry_the_server_text(dataminer, tmp_path):

@@ -201,7 +201,7 @@ def test_identity_flow_names_a_missing_block(prefect_db):
 
     state = egi_identity("no-such-block", return_state=True)
     assert state.is_failed()
-    assert "credentials_block: there is no EGI Check-in Credentials block named 'no-such-block'" in state.message
+    assert "credentials_block: there is no EGI Check-in Credentials block named 'no-such-block'. Create it" in state.message
 
 
 def test_token_task_retries_an_unreachable_issuer_only(prefect_db, checkin):
