@@ -3,9 +3,10 @@
     from flows.dataminer import dataminer_run
     dataminer_run(process="CSV_SUMMARY", inputs={"table": "https://…/data.csv"})
 
-Submit → wait (live progress in the UI) → download. A retried flow run resumes
-watching the execution it already started; cancelling the run marks the
-execution cancelled (WPS 1.0 cannot stop it on the server).
+Submit → wait (live progress in the UI) → download. Transient failures are
+retried where they happen (lookups, the wait, downloads — never the Execute
+itself); a retried flow run resumes watching the execution it already started;
+cancelling the run marks the execution cancelled (WPS 1.0 cannot stop it).
 """
 
 
@@ -31,8 +32,6 @@ from tasks.remote import JobState, WatchPolicy
 @flow(
     name="dataminer-run",
     description="Run a D4Science DataMiner algorithm, wait for it, download its outputs.",
-    retries=1,
-    retry_delay_seconds=30,
     on_cancellation=[cancel_remote_jobs],
     on_crashed=[cancel_remote_jobs],
 )

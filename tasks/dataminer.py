@@ -28,7 +28,15 @@ from pydantic import BaseModel, Field, SecretStr
 from tasks.http import tls_verify
 from tasks.job_ledger import JobLedger, Submission, submission_key
 from tasks.redaction import redact_errors, register_all
-from tasks.remote import JobState, JobStatus, PrefectReporter, RemoteJobAdapter, WatchPolicy, watch
+from tasks.remote import (
+    JobState,
+    JobStatus,
+    PrefectReporter,
+    RemoteJobAdapter,
+    WatchPolicy,
+    retry_if_watch_may_recover,
+    watch,
+)
 from tasks.wps import (
     ExecutionStatus,
     ProcessDescription,
@@ -221,7 +229,8 @@ async def execute_process(dataminer: DataMiner | str | None, process: str, input
     return await submit_execution(_dataminer(dataminer), process, inputs)
 
 
-@task(name="dataminer-wait")
+@task(name="dataminer-wait", retries=3, retry_delay_seconds=[60, 300, 900],
+      retry_condition_fn=retry_if_watch_may_recover)
 @redact_errors
 async def wait_for_executions(dataminer: DataMiner | str | None, job_ids: Sequence[str],
                               policy: WatchPolicy | None = None) -> dict[str, JobStatus]:

@@ -88,7 +88,21 @@ class WatchDeadlineExceeded(WatchError):
 
 
 class WatchGaveUp(WatchError):
-    """Status requests kept failing beyond the error bound."""
+    """Status requests kept failing beyond the error bound (`transient`: worth
+    watching again later; otherwise the credentials were refused)."""
+
+    def __init__(self, message: str, statuses: Mapping[str, JobStatus], transient: bool = True):
+        super().__init__(message, statuses)
+        self.transient = transient
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.statuses, self.transient))
+
+
+def retry_if_watch_may_recover(task: Any, task_run: Any, state: Any) -> bool:
+    """`retry_condition_fn` for wait tasks: retry only when the service was unreachable."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, WatchGaveUp) and exc.transient
 
 
 class RemoteJobAdapter(ABC):
@@ -251,7 +265,7 @@ async def watch(
                     raise WatchGaveUp(
                         f"{adapter.service} rejected the credentials (HTTP 401) {renewals} times while waiting; "
                         f"{'renewing them did not help' if renewed else 'they cannot be renewed'} — check that "
-                        "the token is still valid. The jobs may still be running.", statuses) from None
+                        "the token is still valid. The jobs may still be running.", statuses, transient=False) from None
             if errors >= policy.max_consecutive_errors:
                 raise WatchGaveUp(
                     f"{adapter.service} status requests failed {errors} times in a row; last: {_describe(exc)}. "

@@ -1,0 +1,143 @@
+"""The wait loop's arithmetic, with a scripted adapter and a virtual clock (the
+HTTP behaviour is tested against the real peers in the service tests)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from tasks.remote import (
+    JobState,
+    JobStatus,
+    RemoteJobAdapter,
+    WatchDeadlineExceeded,
+    WatchGaveUp,
+    WatchPolicy,
+    overall_progress,
+    watch,
+)
+
+
+class VirtualTime:
+    def __init__(self):
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 4))
+        self.now += seconds
+
+
+class Scripted(RemoteJobAdapter):
+    """Answers each poll from a script: a list of {job: state} dicts or exceptions."""
+
+    service = "scripted"
+
+    def __init__(self, script, renewable=True):
+        self.script = list(script)
+        self.polls: list[list[str]] = []
+        self.renewals = 0
+        self.renewable = renewable
+
+    async def poll(self, job_ids):
+        self.polls.append(list(job_ids))
+        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(step, BaseException):
+            raise step
+        return {j: JobStatus(j, JobState(step[j][0]), step[j][1]) for j in job_ids if j in step}
+
+    async def cancel(self, job_ids):
+        return {j: JobStatus(j, JobState.CANCELLED) for j in job_ids}
+
+    async def renew_credentials(self) -> bool:
+        self.renewals += 1
+        return self.renewable
+
+
+def run(adapter, policy, ids=("a",)):
+    time = VirtualTime()
+    result = asyncio.run(watch(adapter, list(ids), policy, sleep=time.sleep, clock=time.clock))
+    return result, time
+
+
+def http_error(code: int) -> httpx.HTTPStatusError:
+    request = httpx.Request("GET", "http://svc/status")
+    return httpx.HTTPStatusError("x", request=request, response=httpx.Response(code, request=request))
+
+
+def test_interval_backs_off_to_the_cap_and_resets_after_a_change():
+    running = {"a": ("running", 10)}
+    script = [running] * 6 + [{"a": ("running", 50)}] * 3 + [{"a": ("succeeded", 100)}]
+    _, time = run(Scripted(script), WatchPolicy(first_interval=0.5, backoff_factor=2, max_interval=4))
+    # first poll changes submitted → running: fast; then 1, 2, 4, 4, 4; progress moved: fast again
+    assert time.sleeps == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 0.5, 1.0, 2.0]
+
+
+def test_polls_are_bulk_and_only_for_unfinished_jobs():
+    script = [{"a": ("running", None), "b": ("queued", None)},
+              {"a": ("succeeded", None), "b": ("running", None)},
+              {"b": ("failed", None)}]
+    adapter = Scripted(script)
+    final, _ = run(adapter, WatchPolicy(), ids=("a", "b", "a"))
+    assert adapter.polls == [["a", "b"], ["a", "b"], ["b"]]
+    assert {j: s.state for j, s in final.items()} == {"a": JobState.SUCCEEDED, "b": JobState.FAILED}
+
+
+def test_transient_errors_back_off_exponentially_then_give_up():
+    adapter = Scripted([http_error(503)])
+    with pytest.raises(WatchGaveUp, match="failed 5 times in a row; last: HTTP 503") as caught:
+        run(adapter, WatchPolicy(error_backoff=1, max_error_backoff=4, max_consecutive_errors=5))
+    assert caught.value.transient
+    assert len(adapter.polls) == 5
+
+
+def test_errors_are_absorbed_and_the_count_resets_on_success():
+    done = {"a": ("succeeded", 100)}
+    script = [httpx.ConnectError("reset"), httpx.ReadTimeout("slow"), http_error(502), {"a": ("running", 1)},
+              httpx.ConnectError("reset"), done]
+    final, time = run(Scripted(script), WatchPolicy(first_interval=0.5, error_backoff=1, max_consecutive_errors=4))
+    assert final["a"].state is JobState.SUCCEEDED
+    assert time.sleeps == [1, 2, 4, 0.5, 1]
+
+
+def test_401_renews_credentials_and_continues():
+    adapter = Scripted([http_error(401), {"a": ("succeeded", 100)}])
+    final, _ = run(adapter, WatchPolicy(error_backoff=0.1))
+    assert final["a"].state is JobState.SUCCEEDED and adapter.renewals == 1
+
+
+def test_401_that_cannot_be_renewed_fails_after_one_retry():
+    adapter = Scripted([http_error(401)], renewable=False)
+    with pytest.raises(WatchGaveUp, match="cannot be renewed") as caught:
+        run(adapter, WatchPolicy(error_backoff=0.1))
+    assert not caught.value.transient and len(adapter.polls) == 2
+
+
+def test_deadline():
+    adapter = Scripted([{"a": ("running", 5)}])
+    with pytest.raises(WatchDeadlineExceeded, match="after the 30 s deadline: a. They may still be running") as caught:
+        run(adapter, WatchPolicy(first_interval=1, max_interval=5, deadline=30))
+    assert caught.value.statuses["a"].state is JobState.RUNNING
+
+
+def test_unknown_errors_are_not_swallowed():
+    with pytest.raises(ZeroDivisionError):
+        run(Scripted([ZeroDivisionError()]), WatchPolicy())
+
+
+def test_overall_progress_counts_finished_jobs_as_done():
+    statuses = {"a": JobStatus("a", JobState.FAILED), "b": JobStatus("b", JobState.RUNNING, 50),
+                "c": JobStatus("c", JobState.QUEUED)}
+    assert overall_progress(statuses) == 50.0
+
+
+def test_policy_rejects_nonsense():
+    with pytest.raises(ValueError, match="first_interval"):
+        WatchPolicy(first_interval=0)
+    with pytest.raises(ValueError, match="deadline"):
+        WatchPolicy(deadline=-1)
