@@ -6,8 +6,9 @@ one wait loop (`watch`) so that no service grows its own polling loop.
 
 The loop, modelled on Parsl's `ExecutionProvider` and Prefect's `JobRun`:
 - polls in BULK (`adapter.poll(ids)`: one round trip for all jobs per cycle);
-- adapts its interval: fast at first, backing off to a cap, fast again after a
-  change (a job moved, or its progress did);
+- paces itself (`Pacer`): fast at first, backing off to a cap, fast again
+  after a job changes state — and when a job reports progress, the next poll
+  goes where that progress says the job will end;
 - has an overall deadline;
 - absorbs transient errors (5xx, timeouts, resets) with exponential backoff up
   to a bound, and on 401 asks the adapter to renew its credentials first —
@@ -134,11 +135,11 @@ class RemoteJobAdapter(ABC):
 
 @dataclass(frozen=True)
 class WatchPolicy:
-    """How to wait. The defaults detect a 2 s job within ~0.5 s and poll a long
-    one every 10 s; errors back off 1, 2, 4 … 60 s, at most 10 in a row."""
+    """How to wait: polls 1, 2, 4 … 10 s apart (sooner where progress says so);
+    errors back off 1, 2, 4 … 60 s, at most 10 in a row; a week at most."""
 
-    first_interval: float = 0.5
-    backoff_factor: float = 1.5
+    first_interval: float = 1.0
+    backoff_factor: float = 2.0
     max_interval: float = 10.0
     deadline: float | None = 7 * 24 * 3600.0
     error_backoff: float = 1.0
@@ -154,6 +155,49 @@ class WatchPolicy:
             raise ValueError("WatchPolicy: backoff_factor must be >= 1")
         if self.deadline is not None and self.deadline <= 0:
             raise ValueError("WatchPolicy: deadline must be positive (seconds) or None")
+
+
+class Pacer:
+    """When to poll next.
+
+    Geometric backoff from `first_interval` to `max_interval`, back to the start
+    when a job changes state. A running job that reports p % is extrapolated:
+    p was reached around the middle of the last polling gap, so the job should
+    end near `start + (reached - start) * 100 / p`; until that moment (capped at
+    `max_interval` per sleep) the pacer waits for it instead of guessing, and
+    polls fast again once it has passed. Learning a job's first state is not a
+    change.
+    """
+
+    def __init__(self, policy: WatchPolicy, now: float):
+        self.policy = policy
+        self.started = now
+        self.previous_poll = now
+        self.backoff = policy.first_interval
+        self.expected_end: dict[str, float] = {}
+
+    def next_interval(self, now: float, changes: list[tuple[JobStatus, JobStatus]],
+                      pending: Sequence[str] = ()) -> float:
+        policy = self.policy
+        state_changed = False
+        for old, new in changes:
+            if new.state != old.state and old.state is not JobState.SUBMITTED:
+                state_changed = True
+            if (new.state is JobState.RUNNING and new.progress and 0 < new.progress < 100
+                    and new.progress > (old.progress or 0)):
+                reached = (self.previous_poll + now) / 2
+                end = self.started + (reached - self.started) * 100.0 / new.progress
+                self.expected_end[new.job_id] = end + max(0.2, 0.03 * (end - now))  # land just after it
+        self.previous_poll = now
+        ahead = [self.expected_end[j] - now for j in pending if self.expected_end.get(j, now) > now]
+        if ahead:
+            self.backoff = policy.first_interval  # once the estimate passes, poll fast
+            return min(max(min(ahead), policy.first_interval), policy.max_interval)
+        if state_changed:
+            self.backoff = policy.first_interval
+        interval = self.backoff
+        self.backoff = min(self.backoff * policy.backoff_factor, policy.max_interval)
+        return interval
 
 
 class WatchReporter:
@@ -243,9 +287,10 @@ async def watch(
     statuses: dict[str, JobStatus] = {i: JobStatus(i, JobState.SUBMITTED) for i in ids}
     started = clock()
     deadline = started + policy.deadline if policy.deadline else None
-    interval = policy.first_interval
+    pacer = Pacer(policy, started)
     errors = renewals = 0
     await reporter.started(statuses)
+    await sleep(policy.first_interval)  # the jobs were just submitted (or are being resumed)
 
     while True:
         pending = [i for i in ids if not statuses[i].state.terminal]
@@ -278,21 +323,21 @@ async def watch(
             continue
 
         errors = renewals = 0
-        changed = False
+        changes: list[tuple[JobStatus, JobStatus]] = []
         for job_id in pending:
             new = answer.get(job_id)
             if new is None:
                 continue
             old = statuses[job_id]
             if not new.same_as(old):
-                changed = True
+                changes.append((old, new))
                 if new.state != old.state:
                     await reporter.transition(old, new)
                 statuses[job_id] = new
         await reporter.progress(statuses)
         if all(statuses[i].state.terminal for i in ids):
             break
-        interval = policy.first_interval if changed else min(interval * policy.backoff_factor, policy.max_interval)
+        interval = pacer.next_interval(clock(), changes, [i for i in ids if not statuses[i].state.terminal])
         if deadline is not None and clock() >= deadline:
             raise WatchDeadlineExceeded(_deadline_text(adapter, policy, statuses), statuses)
         if deadline is not None:

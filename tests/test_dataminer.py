@@ -148,3 +148,75 @@ def test_deadline_is_enforced(dataminer):
         run(watch(adapter, [job], WatchPolicy(first_interval=0.2, max_interval=0.5, deadline=1.5)))
     assert "after the 2 s deadline" in str(caught.value) or "after the 1 s deadline" in str(caught.value)
     assert caught.value.statuses[job].state in (JobState.QUEUED, JobState.RUNNING)
+
+
+def test_server_restarted_mid_job_the_wait_resumes(tmp_path):
+    """The DataMiner front dies (SIGKILL) while a computation runs; the computation
+    finishes; the server comes back on the same port: the wait picks up the result."""
+    import os
+    import signal
+    import socket
+    import threading
+    import time
+
+    from pydantic import SecretStr
+
+    from deployments.sandbox.peers import start_peer
+    from tasks.dataminer import DataMiner, submit_execution
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = ("--port", str(port), "--workdir", str(tmp_path / "wps"))
+    first = start_peer("dataminer-restart", "dataminer_peer.py", *args)
+    second = None
+    try:
+        block = DataMiner(url=first.info["wps_url"], gcube_token=SecretStr(first.info["token"]), timeout_seconds=1)
+        job = run(submit_execution(block, "SLOW_COUNTER", {"seconds": 3, "steps": 3}))
+        outcome: dict = {}
+
+        def wait() -> None:
+            adapter = block.job_adapter()
+            policy = WatchPolicy(first_interval=0.2, max_interval=0.5, error_backoff=0.3, max_error_backoff=1,
+                                 max_consecutive_errors=30, deadline=60)
+            try:
+                outcome["final"] = run(watch(adapter, [job], policy))
+            except Exception as exc:  # reported below
+                outcome["error"] = exc
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.8)
+        os.kill(first.process.pid, signal.SIGKILL)  # the front only: the forked computation goes on
+        first.process.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the computation holds the port until it ends
+            try:
+                second = start_peer("dataminer-restart", "dataminer_peer.py", *args)
+                break
+            except RuntimeError:
+                time.sleep(0.5)
+        assert second is not None, "the DataMiner peer could not restart on its port"
+        waiter.join(60)
+        assert "error" not in outcome, outcome.get("error")
+        assert outcome["final"][job].state is JobState.SUCCEEDED
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_bad_url_and_unreachable_server_are_clear(tmp_path):
+    from pydantic import SecretStr
+
+    from tasks.dataminer import DataMiner, describe_process
+    from tasks.http import RetryPolicy
+    from tasks.wps import WPSClient, WPSError
+
+    with pytest.raises(ValueError, match="url: 'ftp://example.org/wps' is not an http\\(s\\) URL"):
+        DataMiner(url="ftp://example.org/wps").client()
+    client = WPSClient("http://127.0.0.1:9/wps/WebProcessingService", SecretStr("gcube-secret-token"),
+                       retry=RetryPolicy(attempts=2, backoff=0.05))
+    with pytest.raises(WPSError, match="failed 2 times; last failure: ConnectError") as caught:
+        run(client.describe("X"))
+    assert "gcube-secret-token" not in str(caught.value)

@@ -70,12 +70,48 @@ def http_error(code: int) -> httpx.HTTPStatusError:
     return httpx.HTTPStatusError("x", request=request, response=httpx.Response(code, request=request))
 
 
-def test_interval_backs_off_to_the_cap_and_resets_after_a_change():
-    running = {"a": ("running", 10)}
-    script = [running] * 6 + [{"a": ("running", 50)}] * 3 + [{"a": ("succeeded", 100)}]
+def test_interval_backs_off_to_the_cap():
+    script = [{"a": ("running", None)}] * 5 + [{"a": ("succeeded", None)}]
     _, time = run(Scripted(script), WatchPolicy(first_interval=0.5, backoff_factor=2, max_interval=4))
-    # first poll changes submitted → running: fast; then 1, 2, 4, 4, 4; progress moved: fast again
-    assert time.sleeps == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 0.5, 1.0, 2.0]
+    assert time.sleeps == [0.5, 0.5, 1.0, 2.0, 4.0, 4.0]
+
+
+def test_a_state_change_makes_polling_fast_again():
+    script = [{"a": ("queued", None)}] * 3 + [{"a": ("running", None)}] * 2 + [{"a": ("succeeded", None)}]
+    _, time = run(Scripted(script), WatchPolicy(first_interval=0.5, backoff_factor=2, max_interval=4))
+    assert time.sleeps == [0.5, 0.5, 1.0, 2.0, 0.5, 1.0]
+
+
+class Stepping(RemoteJobAdapter):
+    """A job of `duration` virtual seconds reporting progress in 20 % steps."""
+
+    service = "stepping"
+
+    def __init__(self, time: "VirtualTime", duration: float):
+        self.time, self.duration, self.polls = time, duration, 0
+
+    async def poll(self, job_ids):
+        self.polls += 1
+        t = self.time.now
+        if t >= self.duration:
+            return {j: JobStatus(j, JobState.SUCCEEDED, 100) for j in job_ids}
+        return {j: JobStatus(j, JobState.RUNNING, 20 * int(5 * t / self.duration)) for j in job_ids}
+
+    async def cancel(self, job_ids):
+        return {}
+
+
+@pytest.mark.parametrize("duration", [2.0, 7.0, 10.0, 30.0, 120.0, 600.0])
+def test_progress_is_extrapolated_to_poll_near_the_end(duration):
+    """Detection at most 1 s late (10 % of the runtime for long jobs), with about as many
+    polls as owslib's fixed 5 s sleep (duration/5 + 1) for short jobs and far fewer for long ones."""
+    time = VirtualTime()
+    adapter = Stepping(time, duration)
+    asyncio.run(watch(adapter, ["a"], WatchPolicy(), sleep=time.sleep, clock=time.clock))
+    assert time.now - duration <= max(1.0, 0.1 * duration)
+    assert adapter.polls <= duration / 5 + 3
+    if duration >= 120:
+        assert adapter.polls <= 0.75 * (duration / 5 + 1)
 
 
 def test_polls_are_bulk_and_only_for_unfinished_jobs():
@@ -98,11 +134,11 @@ def test_transient_errors_back_off_exponentially_then_give_up():
 
 def test_errors_are_absorbed_and_the_count_resets_on_success():
     done = {"a": ("succeeded", 100)}
-    script = [httpx.ConnectError("reset"), httpx.ReadTimeout("slow"), http_error(502), {"a": ("running", 1)},
+    script = [httpx.ConnectError("reset"), httpx.ReadTimeout("slow"), http_error(502), {"a": ("running", None)},
               httpx.ConnectError("reset"), done]
     final, time = run(Scripted(script), WatchPolicy(first_interval=0.5, error_backoff=1, max_consecutive_errors=4))
     assert final["a"].state is JobState.SUCCEEDED
-    assert time.sleeps == [1, 2, 4, 0.5, 1]
+    assert time.sleeps == [0.5, 1, 2, 4, 0.5, 1]
 
 
 def test_401_renews_credentials_and_continues():
