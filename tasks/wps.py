@@ -200,29 +200,36 @@ class LocalFile:
     mime_type: str | None = None
 
 
+INTEGER_TYPES = ("integer", "int", "long", "short", "nonnegativeinteger", "positiveinteger")
+NUMBER_TYPES = ("float", "double", "decimal")
+
+
+def _number(name: str, value: Any, integer: bool) -> tuple[float | None, str | None]:
+    """`value` as a finite number (whole when `integer`), or the problem with it."""
+    expected = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None, f"{name}: expected {expected}, got {type(value).__name__}"
+    try:
+        number = float(value)
+    except ValueError:
+        return None, f"{name}: expected {expected}, got {value!r}"
+    if not math.isfinite(number) or (integer and not number.is_integer()):
+        return None, f"{name}: expected {'a finite number' if not integer else expected}, got {value!r}"
+    return number, None
+
+
 def _literal(spec: InputSpec, value: Any) -> tuple[str | None, str | None]:
     """(wire text, problem)."""
     name, kind = spec.identifier, spec.data_type
-    if kind in ("integer", "int", "long", "short", "nonnegativeinteger", "positiveinteger"):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            return None, f"{name}: expected an integer, got {type(value).__name__}"
-        try:
-            number = float(value)
-        except ValueError:
-            return None, f"{name}: expected an integer, got {value!r}"
-        if not number.is_integer():
-            return None, f"{name}: expected an integer, got {value!r}"
-        text, numeric = str(int(number)), number
-    elif kind in ("float", "double", "decimal"):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            return None, f"{name}: expected a number, got {type(value).__name__}"
-        try:
-            numeric = float(value)
-        except ValueError:
-            return None, f"{name}: expected a number, got {value!r}"
-        if not math.isfinite(numeric):
-            return None, f"{name}: expected a finite number, got {value!r}"
-        text = repr(numeric) if isinstance(value, float) else str(value)
+    numeric: float | None = None
+    if kind in INTEGER_TYPES or kind in NUMBER_TYPES:
+        numeric, problem = _number(name, value, integer=kind in INTEGER_TYPES)
+        if problem or numeric is None:
+            return None, problem
+        if kind in INTEGER_TYPES:
+            text = str(int(numeric))
+        else:
+            text = repr(numeric) if isinstance(value, float) else str(value)
     elif kind == "boolean":
         if isinstance(value, bool):
             text = "true" if value else "false"
@@ -230,7 +237,6 @@ def _literal(spec: InputSpec, value: Any) -> tuple[str | None, str | None]:
             text = value.lower()
         else:
             return None, f"{name}: expected true or false, got {value!r}"
-        numeric = None
     else:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             return None, f"{name}: expected text, got {type(value).__name__}"
@@ -348,9 +354,9 @@ def _python_value(data_type: str, text: str | None) -> Any:
         return None
     kind = _data_type(data_type)
     try:
-        if kind in ("integer", "int", "long", "short"):
+        if kind in INTEGER_TYPES:
             return int(float(text))
-        if kind in ("float", "double", "decimal"):
+        if kind in NUMBER_TYPES:
             return float(text)
         if kind == "boolean":
             return text.strip().lower() == "true"

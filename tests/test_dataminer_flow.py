@@ -113,3 +113,24 @@ def test_missing_block_is_named(prefect_db):
     state = asyncio.run(dataminer_run(process="FAST_ECHO", dataminer_block="nope", return_state=True))
     assert state.is_failed()
     assert "dataminer_block: there is no D4Science DataMiner block named 'nope'" in state.message
+
+
+def test_token_in_query_mode_never_reaches_logs_or_the_database(prefect_db, dataminer, tmp_path, caplog, capfd):
+    """Query mode puts the token in every URL; httpx logs every URL at INFO."""
+    import logging
+
+    from prefect.logging.handlers import APILogWorker
+
+    from conftest import database_bytes
+
+    name = saved_block(dataminer, token_mode="query")
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        state = asyncio.run(dataminer_run(process="FAST_ECHO", inputs={"text": "hello"}, dataminer_block=name,
+                                          destination=str(tmp_path), return_state=True))
+    assert state.is_completed(), state.message
+    assert state.result().literals == {"result": "hello | tags= | scale=1"}
+    APILogWorker.drain_all(timeout=10)
+    captured = capfd.readouterr()
+    assert "gcube-token=***" in caplog.text  # the URLs were logged, masked
+    assert dataminer.token not in caplog.text + captured.out + captured.err
+    assert dataminer.token.encode() not in database_bytes(prefect_db)
