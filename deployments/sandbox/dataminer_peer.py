@@ -23,6 +23,8 @@ import base64
 import json
 import os
 import re
+import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -243,7 +245,13 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"url": base_url, "wps_url": f"{base_url}/wps/WebProcessingService",
                       "token": sorted(state.tokens)[0], "foreign_url": foreign_url, "workdir": str(folder)}),
           flush=True)
-    server.run()
+    owner = os.getpid()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.run()
+    finally:
+        if not args.workdir and os.getpid() == owner:  # forked computations share this stack: only we clean up
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
