@@ -34,7 +34,9 @@ from tasks.remote import (
     PrefectReporter,
     RemoteJobAdapter,
     WatchPolicy,
+    in_run,
     retry_if_watch_may_recover,
+    run_logger,
     watch,
 )
 from tasks.wps import (
@@ -195,7 +197,7 @@ async def submit_execution(dataminer: DataMiner, process: str, inputs: Mapping[s
     key = key or submission_key("dataminer", dataminer.url, identifier, _fingerprint(inputs))
     found = await ledger.find(key)
     if found:
-        _log().info("Resuming DataMiner execution %s (already submitted by this flow run)", found.job_ids[0])
+        run_logger().info("Resuming DataMiner execution %s (already submitted by this flow run)", found.job_ids[0])
         return found.job_ids[0]
     client = dataminer.client()
     try:
@@ -208,18 +210,12 @@ async def submit_execution(dataminer: DataMiner, process: str, inputs: Mapping[s
     await ledger.record(Submission(
         key=key, service="dataminer", job_ids=[job_id], label=short_name(identifier),
         block_type=DataMiner.get_block_type_slug(), block_name=getattr(dataminer, "_block_document_name", None)))
-    _log().info("Submitted %s: %s", short_name(identifier), job_id)
+    run_logger().info("Submitted %s: %s", short_name(identifier), job_id)
     return job_id
 
 
 def _fingerprint(inputs: Mapping[str, Any]) -> list[Any]:
     return sorted((k, [str(x) for x in v] if isinstance(v, (list, tuple)) else str(v)) for k, v in inputs.items())
-
-
-def _log() -> Any:
-    from tasks.remote import _run_logger
-
-    return _run_logger()
 
 
 @task(name="dataminer-execute")
@@ -275,7 +271,7 @@ async def collect_outputs(dataminer: DataMiner, job_id: str, destination: str | 
                 path = await client.download(item.url, folder / _safe_name(name), max_bytes, timeout)
                 file.path, file.size = str(path), path.stat().st_size
             except Exception as exc:  # one bad file must not lose the others
-                file.error = client._clean(str(exc)) or type(exc).__name__
+                file.error = client.scrub(str(exc)) or type(exc).__name__
             return file
 
         result.files = list(await asyncio.gather(*(fetch(n, f) for n, f in wanted)))
@@ -297,9 +293,7 @@ async def fetch_outputs(dataminer: DataMiner | str | None, job_id: str, destinat
 
 
 async def _publish(result: DataMinerResult) -> None:
-    from tasks.remote import _in_run
-
-    if not _in_run():
+    if not in_run():
         return
     from prefect.artifacts import acreate_markdown_artifact
 

@@ -363,7 +363,7 @@ class PrefectReporter(WatchReporter):
                  throttle: float = 2.0, clock: Any = time.monotonic):
         self.throttle = throttle
         if log is None:
-            log = _run_logger()
+            log = run_logger()
         super().__init__(adapter, log)
         self.title = title or f"{adapter.service} jobs"
         self.clock = clock
@@ -373,7 +373,7 @@ class PrefectReporter(WatchReporter):
 
     async def started(self, statuses: Mapping[str, JobStatus]) -> None:
         await super().started(statuses)
-        if _in_run():
+        if in_run():
             from prefect.artifacts import acreate_progress_artifact
 
             self._artifact_id = await acreate_progress_artifact(
@@ -382,7 +382,7 @@ class PrefectReporter(WatchReporter):
 
     async def transition(self, old: JobStatus | None, new: JobStatus) -> None:
         await super().transition(old, new)
-        if not _in_run():  # outside a run there is no API to send events to (and none to start)
+        if not in_run():  # outside a run there is no API to send events to (and none to start)
             return
         from prefect.events import emit_event
 
@@ -413,7 +413,7 @@ class PrefectReporter(WatchReporter):
 
     async def finished(self, statuses: Mapping[str, JobStatus]) -> None:
         await super().finished(statuses)
-        if not _in_run():
+        if not in_run():
             return
         from prefect.artifacts import acreate_table_artifact
 
@@ -426,14 +426,16 @@ class PrefectReporter(WatchReporter):
         await acreate_table_artifact(rows, description=f"{self.title}: final states")
 
 
-def _in_run() -> bool:
+def in_run() -> bool:
+    """True inside a Prefect flow or task run (artifacts and events need one)."""
     from prefect.context import FlowRunContext, TaskRunContext
 
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
-def _run_logger() -> Any:
-    if _in_run():
+def run_logger() -> Any:
+    """The run's logger inside Prefect, ours outside it."""
+    if in_run():
         from prefect import get_run_logger
 
         return get_run_logger()

@@ -521,10 +521,11 @@ class WPSClient:
             response = await arequest_with_retries(self.http, "GET", target, policy=self.retry, what=what,
                                                    **arguments)
         except TransientHTTPError as exc:
-            raise WPSError(self._clean(str(exc))) from None
+            raise WPSError(self.scrub(str(exc))) from None
         return self._check(response, what)
 
-    def _clean(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
+        """`text` without this client's token (for error messages)."""
         if self.token is not None:
             text = text.replace(self.token.get_secret_value(), "***")
         return text
