@@ -8,6 +8,7 @@ inside the functions that use them.
 
 from tasks.checkin import CheckinCredentials, aget_checkin_token, get_checkin_token
 from tasks.dataminer import DataMiner, run_algorithm
+from tasks.dirac import DiracJob, DiracX
 from tasks.redaction import install_log_redaction, redact_errors
 
 install_log_redaction()
@@ -15,6 +16,8 @@ install_log_redaction()
 __all__ = [
     "CheckinCredentials",
     "DataMiner",
+    "DiracJob",
+    "DiracX",
     "aget_checkin_token",
     "get_checkin_token",
     "redact_errors",

@@ -187,3 +187,46 @@ def dataminer(dataminer_process) -> DataMinerPeer:
     yield peer
     peer.control("reset")
     peer.control("restore", token=peer.token)
+
+
+class DiracXPeer:
+    """The running DiracX server, its VO credentials and a test pilot."""
+
+    def __init__(self, process: PeerProcess):
+        self.process = process
+        self.url: str = process.info["url"]
+        (self.vo, creds), *_ = process.info["vos"].items()
+        self.group: str = creds["group"]
+        self.credentials: str = creds["user"]
+        from deployments.sandbox.dirac_pilot import Pilot
+
+        self.pilot = Pilot(self.url, creds["pilot"])
+
+    def block(self, **fields):
+        from tasks.dirac import DiracX
+
+        fields.setdefault("credentials_path", self.credentials)
+        return DiracX(url=self.url, vo=self.vo, group=self.group, **fields)
+
+    def job_count(self) -> int:
+        """Jobs the server holds for our user (to prove nothing was submitted twice)."""
+        import asyncio
+
+        async def count() -> int:
+            async with self.pilot.client() as api:
+                rows = await api.jobs.summary(grouping=["Status"], search=[])
+            return sum(r["count"] for r in rows)
+
+        return asyncio.run(count())
+
+
+@pytest.fixture(scope="session")
+def diracx_process():
+    peer = start_peer("diracx", "diracx_peer.py", timeout=120)
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def diracx(diracx_process) -> DiracXPeer:
+    return DiracXPeer(diracx_process)

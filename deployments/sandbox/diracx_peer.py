@@ -1,0 +1,180 @@
+"""A real DiracX 0.7 server on 127.0.0.1 (the recipe verified in shared notes).
+
+uvicorn serving `diracx.testing.routers:create_app` (SQLite databases, the
+job-parameters DB on SQLite too), a git configuration repository with one VO,
+and moto as the S3 sandbox store. No identity provider is needed for tests:
+access tokens are minted with the server's own signing key and written into
+DiracX credentials files (what `dirac login` writes):
+
+- a user (NormalUser) — what flows use;
+- a "pilot" (JobAdministrator) — what the test pilot uses to move jobs.
+
+Run: `python diracx_peer.py` prints one JSON line (URL, VO, group, credentials
+files) and supervises the two servers until terminated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run(*command: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command[:4])} failed: {done.stderr[-800:]}")
+    return done.stdout
+
+
+def bin_path(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def mint(jwks_path: Path, issuer: str, vo: str, group: str, user: str, sub: str, properties: list[str],
+         lifetime: int) -> str:
+    from joserfc import jwt
+    from joserfc.jwk import KeySet
+
+    keys = KeySet.import_key_set(json.loads(jwks_path.read_text()))
+    key = keys.keys[0]
+    now = int(time.time())
+    claims = {
+        "sub": f"{vo}:{sub}", "vo": vo, "iss": issuer, "dirac_properties": properties, "jti": uuid.uuid4().hex,
+        "preferred_username": user, "dirac_group": group, "exp": now + lifetime, "iat": now, "dirac_policies": {},
+    }
+    header = {"alg": key.alg or "EdDSA", "kid": key.kid}
+    return jwt.encode(header, claims, key, algorithms=[header["alg"]])
+
+
+def credentials_file(path: Path, token: str, lifetime: int) -> Path:
+    path.write_text(json.dumps({"access_token": token, "refresh_token": None,
+                                "expires_on": int(time.time()) + lifetime}))
+    path.chmod(0o600)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--workdir", help="kept across restarts (databases, config, keys)")
+    parser.add_argument("--vo", action="append", help="VO[:group] to create (default egi.test:egi_user)")
+    parser.add_argument("--token-lifetime", type=int, default=7 * 24 * 3600)
+    args = parser.parse_args(argv)
+
+    root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="diracx-peer-"))
+    fresh = not (root / "cs" / "repo").exists()
+    port = args.port or free_port()
+    s3_port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    vos = [(v.split(":") + ["egi_user"])[:2] for v in (args.vo or ["egi.test:egi_user"])]
+    python = sys.executable
+    users = []
+    if fresh:
+        (root / "keystore").mkdir(parents=True, exist_ok=True)
+        (root / "db").mkdir(parents=True, exist_ok=True)
+        run(python, "-m", "diracx.logic", "rotate-jwk", "--jwks-path", str(root / "keystore" / "jwks.json"))
+        run(bin_path("dirac"), "internal", "generate-cs", str(root / "cs" / "repo"))
+        for vo, group in vos:
+            run(bin_path("dirac"), "internal", "add-vo", str(root / "cs" / "repo"), f"--vo={vo}",
+                "--idp-url=https://x.invalid", "--idp-client-id=x", f"--default-group={group}")
+            sub = str(uuid.uuid5(uuid.NAMESPACE_URL, f"alice@{vo}"))
+            run(bin_path("dirac"), "internal", "add-user", str(root / "cs" / "repo"), f"--vo={vo}",
+                f"--group={group}", f"--sub={sub}", "--preferred-username=alice")
+        (root / "state.json").write_text(json.dumps({"vos": vos}))
+    vos = json.loads((root / "state.json").read_text())["vos"]
+
+    env = dict(os.environ)
+    for line in run(python, "-m", "diracx.db", "generate-local-urls", str(root / "db")).splitlines():
+        if line.startswith("export "):
+            name, _, value = line[7:].partition("=")
+            env[name] = value.strip().strip("'\"")
+    from cryptography.fernet import Fernet
+
+    state_key = root / "state-key"
+    if not state_key.exists():
+        state_key.write_bytes(Fernet.generate_key())
+    env.update({
+        "DIRACX_CONFIG_BACKEND_URL": f"git+file://{root / 'cs' / 'repo'}",
+        "DIRACX_SERVICE_AUTH_TOKEN_KEYSTORE": f"file://{root / 'keystore' / 'jwks.json'}",
+        "DIRACX_SERVICE_AUTH_STATE_KEY": state_key.read_text(),
+        "DIRACX_SERVICE_AUTH_TOKEN_ISSUER": url,
+        "DIRACX_SERVICE_AUTH_ALLOWED_REDIRECTS": json.dumps([f"{url}/docs/oauth2-redirect"]),
+        "DIRACX_SANDBOX_STORE_BUCKET_NAME": "sandboxes",
+        "DIRACX_SANDBOX_STORE_AUTO_CREATE_BUCKET": "true",
+        "DIRACX_SANDBOX_STORE_S3_CLIENT_KWARGS": json.dumps({
+            "endpoint_url": f"http://127.0.0.1:{s3_port}", "aws_access_key_id": "testing",
+            "aws_secret_access_key": "testing"}),
+        "NO_PROXY": "127.0.0.1,localhost",
+    })
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    children = [
+        subprocess.Popen([bin_path("moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], env=env,
+                         stdout=(logs / "moto.log").open("ab"), stderr=subprocess.STDOUT),
+        subprocess.Popen([python, "-m", "uvicorn", "--factory", "diracx.testing.routers:create_app",
+                          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env,
+                         stdout=(logs / "uvicorn.log").open("ab"), stderr=subprocess.STDOUT),
+    ]
+
+    def stop(*_: object) -> None:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if not args.workdir:
+            shutil.rmtree(root, ignore_errors=True)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/.well-known/openid-configuration", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or any(c.poll() is not None for c in children):
+            print((logs / "uvicorn.log").read_text()[-2000:], file=sys.stderr)
+            stop()
+        time.sleep(0.2)
+
+    jwks = root / "keystore" / "jwks.json"
+    credentials = {}
+    for vo, group in vos:
+        sub = str(uuid.uuid5(uuid.NAMESPACE_URL, f"alice@{vo}"))
+        user = mint(jwks, url, vo, group, "alice", sub, ["NormalUser"], args.token_lifetime)
+        pilot = mint(jwks, url, vo, group, "alice", sub, ["NormalUser", "JobAdministrator"], args.token_lifetime)
+        credentials[vo] = {
+            "group": group,
+            "user": str(credentials_file(root / f"credentials-{vo}.json", user, args.token_lifetime)),
+            "pilot": str(credentials_file(root / f"pilot-{vo}.json", pilot, args.token_lifetime)),
+        }
+    print(json.dumps({"url": url, "vos": credentials, "workdir": str(root), "s3_port": s3_port}), flush=True)
+    while all(c.poll() is None for c in children):
+        time.sleep(0.5)
+    stop()
+
+
+if __name__ == "__main__":
+    main()

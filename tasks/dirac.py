@@ -1,0 +1,392 @@
+"""DIRAC grid jobs through DiracX: the `DiracX` block, typed job descriptions,
+bulk submission, the engine adapter and tasks.
+
+    from tasks.dirac import DiracX, DiracJob, submit_jobs, wait_for_jobs
+
+    dirac = DiracX(url="https://diracx.example.org", vo="biomed", group="biomed_user")
+    job = DiracJob(executable="analyse.sh", arguments="--input %s", parameters=["a", "b", "c"],
+                   input_sandbox=["analyse.sh"], output_sandbox=["result.csv"])
+    ids = submit_jobs(dirac, [job])          # three jobs, one per parameter
+    wait_for_jobs(dirac, ids)
+
+Submissions go in chunks of 20 JDLs (the server's limit) and are recorded in
+the flow run's ledger first, so a retried run never submits the same batch twice.
+Waiting is ONE `search` per poll cycle for all jobs, through the shared engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.blocks.core import Block
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator, model_validator
+
+from tasks.job_ledger import JobLedger, Submission, submission_key
+from tasks.redaction import redact_errors, register_all
+from tasks.remote import (
+    CredentialsRejected,
+    JobState,
+    JobStatus,
+    PrefectReporter,
+    RemoteJobAdapter,
+    TransientServiceError,
+    WatchPolicy,
+    retry_if_watch_may_recover,
+    run_logger,
+    watch,
+)
+
+MAX_JDLS_PER_CALL = 20  # DiracX refuses more in one submit_jdl_jobs call
+MAX_PER_PAGE = 10_000  # DiracX caps search pages here
+
+DIRAC_STATES = {
+    "Received": JobState.QUEUED, "Checking": JobState.QUEUED, "Staging": JobState.QUEUED,
+    "Waiting": JobState.QUEUED, "Matched": JobState.QUEUED, "Rescheduled": JobState.QUEUED,
+    "Running": JobState.RUNNING, "Completing": JobState.RUNNING, "Stalled": JobState.RUNNING,
+    "Completed": JobState.RUNNING, "Done": JobState.SUCCEEDED, "Failed": JobState.FAILED,
+    "Killed": JobState.CANCELLED, "Deleted": JobState.CANCELLED,
+}
+
+
+# -- job descriptions ----------------------------------------------------------------------------
+
+def _quote(field: str, value: str) -> str:
+    if '"' in value or "\n" in value or "\r" in value:
+        raise ValueError(f"{field}: {value!r} cannot be written into JDL (no double quotes or newlines)")
+    return f'"{value}"'
+
+
+def _jdl_list(field: str, values: Sequence[str]) -> str:
+    return "{" + ", ".join(_quote(field, v) for v in values) + "}"
+
+
+class DiracJob(BaseModel):
+    """One job, or one per parameter (`parameters` + `%s` in `arguments`/`job_name`)."""
+
+    executable: str = Field(description="Program or script to run (put a script in input_sandbox).")
+    arguments: str = Field(default="", description="Command-line arguments; %s is replaced by the parameter.")
+    input_sandbox: list[str] = Field(default_factory=list,
+                                     description="Local files to upload, or existing SB:… / LFN: references.")
+    output_sandbox: list[str] = Field(default_factory=lambda: ["std.out", "std.err"],
+                                      description="Files to bring back.")
+    stdout: str = "std.out"
+    stderr: str = "std.err"
+    job_name: str = Field(default="prefect-egi", description="Name; %s is replaced by the parameter.")
+    job_group: str | None = None
+    site: list[str] = Field(default_factory=list, description="Sites to run at (empty: any).")
+    banned_sites: list[str] = Field(default_factory=list)
+    cpu_time: int | None = Field(default=None, gt=0, description="CPU time in seconds.")
+    tags: list[str] = Field(default_factory=list)
+    platform: str | None = None
+    parameters: list[str | int | float] = Field(default_factory=list, description="One job per parameter.")
+
+    @field_validator("executable")
+    @classmethod
+    def _executable_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("executable: give the program or script to run")
+        return value
+
+    @model_validator(mode="after")
+    def _checked(self) -> "DiracJob":
+        for path in self.local_inputs():
+            if not path.is_file():
+                raise ValueError(f"input_sandbox: {path} does not exist (or is not a file)")
+        for name in ("executable", "arguments", "stdout", "stderr", "job_name", "job_group", "platform"):
+            value = getattr(self, name)
+            if value:
+                _quote(name, str(value))
+        for name in ("output_sandbox", "site", "banned_sites", "tags"):
+            _jdl_list(name, getattr(self, name))
+        _jdl_list("parameters", [str(p) for p in self.parameters])
+        return self
+
+    def local_inputs(self) -> list[Path]:
+        return [Path(p).expanduser() for p in self.input_sandbox if not p.startswith(("SB:", "LFN:"))]
+
+    def to_jdls(self, uploaded: str | None = None) -> list[str]:
+        """One JDL per parameter (or one). `uploaded` is the SB: reference of the local inputs."""
+        references = [p for p in self.input_sandbox if p.startswith(("SB:", "LFN:"))]
+        if uploaded:
+            references.insert(0, uploaded)
+        parameters: list[str | None] = [str(p) for p in self.parameters] or [None]
+        return [self._jdl(p, references) for p in parameters]
+
+    def _jdl(self, parameter: str | None, sandbox: list[str]) -> str:
+        def fill(text: str) -> str:
+            return text.replace("%s", parameter) if parameter is not None else text
+
+        lines = [f"Executable = {_quote('executable', self.executable)};",
+                 f"JobName = {_quote('job_name', fill(self.job_name))};",
+                 f"StdOutput = {_quote('stdout', self.stdout)};",
+                 f"StdError = {_quote('stderr', self.stderr)};",
+                 f"OutputSandbox = {_jdl_list('output_sandbox', self.output_sandbox)};"]
+        if self.arguments:
+            lines.append(f"Arguments = {_quote('arguments', fill(self.arguments))};")
+        if sandbox:
+            lines.append(f"InputSandbox = {_jdl_list('input_sandbox', sandbox)};")
+        if self.job_group:
+            lines.append(f"JobGroup = {_quote('job_group', self.job_group)};")
+        if self.site:
+            lines.append(f"Site = {_jdl_list('site', self.site)};")
+        if self.banned_sites:
+            lines.append(f"BannedSites = {_jdl_list('banned_sites', self.banned_sites)};")
+        if self.cpu_time:
+            lines.append(f"CPUTime = {self.cpu_time};")
+        if self.tags:
+            lines.append(f"Tags = {_jdl_list('tags', self.tags)};")
+        if self.platform:
+            lines.append(f"Platform = {_quote('platform', self.platform)};")
+        if parameter is not None:
+            lines.append(f"Parameter = {_quote('parameters', parameter)};")
+        return "\n".join(lines)
+
+
+# -- the block -----------------------------------------------------------------------------------
+
+class DiracX(Block):
+    """A DiracX server and the credentials of one VO/group on it."""
+
+    _block_type_name = "DiracX"
+    _block_type_slug = "egi-diracx"
+    _logo_url = "https://diracgrid.org/images/dirac-logo.png"  # type: ignore[assignment]
+    _documentation_url = "https://diracx.diracgrid.org/"  # type: ignore[assignment]
+
+    url: str = Field(description="DiracX server URL.")
+    vo: str = Field(description="Virtual organisation.")
+    group: str | None = Field(default=None, description="DIRAC group (the VO's default when empty).")
+    credentials_path: str | None = Field(default=None, description="A DiracX credentials file (what `dirac login` writes).")
+    refresh_token: SecretStr | None = Field(default=None, description="A DiracX refresh token, instead of a file.")
+    verify_tls: bool = Field(default=True, description="Verify the server's TLS certificate.")
+    ca_bundle: str | None = Field(default=None, description="CA bundle (file or directory) for the server.")
+
+    _private_credentials: Path | None = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any, /) -> None:
+        super().model_post_init(context)
+        register_all([self.refresh_token])
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> "DiracX":
+        if not self.url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            raise ValueError("url: the DiracX server must be https:// (plain http only for 127.0.0.1/localhost)")
+        return self
+
+    def credentials_file(self) -> Path:
+        """The credentials file the client uses; a refresh token becomes a private (0600) one."""
+        if self.refresh_token is not None:
+            if self._private_credentials is None:
+                folder = Path(tempfile.mkdtemp(prefix="prefect-egi-diracx-"))
+                path = folder / "credentials.json"
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+                with os.fdopen(fd, "w") as handle:
+                    json.dump({"access_token": "", "refresh_token": self.refresh_token.get_secret_value(),
+                               "expires_on": 0}, handle)
+                self._private_credentials = path
+            return self._private_credentials
+        path = Path(self.credentials_path or os.environ.get(
+            "DIRACX_CREDENTIALS_PATH", "~/.cache/diracx/credentials.json")).expanduser()
+        if not path.is_file():
+            raise ValueError(f"credentials_path: {path} does not exist; run `dirac login` or set refresh_token")
+        return path
+
+    def usable_credentials(self) -> Path:
+        """The credentials file, refusing one whose token expired with nothing to renew it."""
+        path = self.credentials_file()
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise ValueError(f"credentials_path: {path} is not a DiracX credentials file (JSON)") from None
+        expires = float(data.get("expires_on") or 0)
+        if not data.get("refresh_token") and expires <= datetime.now(timezone.utc).timestamp():
+            when = datetime.fromtimestamp(expires, tz=timezone.utc).isoformat(timespec="seconds")
+            raise ExpiredCredentials(
+                f"credentials_path: the DiracX access token in {path} expired at {when} and there is no refresh "
+                "token to renew it; run `dirac login` again (or set refresh_token on the block)")
+        return path
+
+    def client(self) -> Any:
+        """A new `AsyncDiracClient` with explicit preferences (no process-wide environment)."""
+        from diracx.client.aio import AsyncDiracClient
+        from diracx.core.preferences import DiracxPreferences
+
+        preferences = DiracxPreferences(url=self.url, credentials_path=self.usable_credentials(),
+                                        **({"ca_path": self.ca_bundle} if self.ca_bundle else {}))
+        return AsyncDiracClient(diracx_preferences=preferences, verify=self.verify_tls)
+
+    def job_adapter(self) -> "DiracAdapter":
+        return DiracAdapter(self)
+
+
+class ExpiredCredentials(ValueError):
+    """The DiracX token expired and cannot be refreshed."""
+
+
+# -- the adapter ---------------------------------------------------------------------------------
+
+def _service_error(exc: BaseException) -> BaseException:
+    """azure-core errors → the engine's transient / credentials vocabulary."""
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+
+    if isinstance(exc, ClientAuthenticationError) or getattr(exc, "status_code", None) == 401:
+        return CredentialsRejected(f"DiracX refused the credentials: {_detail(exc)}")
+    if isinstance(exc, ServiceRequestError):
+        return TransientServiceError(f"DiracX unreachable: {type(exc).__name__}")
+    if isinstance(exc, HttpResponseError) and (exc.status_code or 0) in (429, 500, 502, 503, 504):
+        return TransientServiceError(f"DiracX answered HTTP {exc.status_code}")
+    return exc
+
+
+def _detail(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    try:
+        return str(response.json().get("detail"))  # type: ignore[union-attr]
+    except Exception:
+        return type(exc).__name__
+
+
+class DiracAdapter(RemoteJobAdapter):
+    """DIRAC jobs for the engine: one paged `search` per poll for every job."""
+
+    service = "dirac"
+
+    def __init__(self, block: DiracX):
+        self.block = block
+        self.searches = 0  # round trips, for tests and benchmarks
+
+    async def _call(self, action: Any) -> Any:
+        try:
+            async with self.block.client() as api:
+                return await action(api)
+        except Exception as exc:
+            mapped = _service_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from None
+
+    async def statuses(self, job_ids: Sequence[str | int]) -> dict[str, dict[str, Any]]:
+        """Status rows of many jobs, walking pages beyond the server's cap."""
+        ids = [int(j) for j in job_ids]
+        per_page = max(1, min(len(ids), MAX_PER_PAGE))
+
+        async def search(api: Any) -> dict[str, dict[str, Any]]:
+            rows: dict[str, dict[str, Any]] = {}
+            page = 1
+            while True:
+                self.searches += 1
+                found = await api.jobs.search(
+                    parameters=["JobID", "Status", "MinorStatus", "ApplicationStatus", "Site"],
+                    search=[{"parameter": "JobID", "operator": "in", "values": ids}],
+                    page=page, per_page=per_page)
+                rows.update({str(r["JobID"]): r for r in found})
+                if len(found) < per_page or len(rows) >= len(ids):
+                    return rows
+                page += 1
+
+        return await self._call(search)
+
+    async def poll(self, job_ids: Sequence[str]) -> Mapping[str, JobStatus]:
+        rows = await self.statuses(job_ids)
+        return {job: self._status(job, row) for job, row in rows.items()}
+
+    @staticmethod
+    def _status(job: str, row: Mapping[str, Any]) -> JobStatus:
+        status = str(row.get("Status", ""))
+        return JobStatus(job, DIRAC_STATES.get(status, JobState.UNKNOWN), None,
+                         f"{status}: {row.get('MinorStatus', '')}".strip(": "),
+                         {"status": status, "minor_status": row.get("MinorStatus"),
+                          "application_status": row.get("ApplicationStatus"), "site": row.get("Site")})
+
+    async def cancel(self, job_ids: Sequence[str]) -> Mapping[str, JobStatus]:
+        """Kill, then read back what the server says: an invalid transition is
+        reported under "success" with the old status, so only the re-read counts."""
+        when = datetime.now(timezone.utc).isoformat()
+        body = {str(j): {when: {"Status": "Killed", "MinorStatus": "Marked for termination",
+                                "Source": "prefect-egi"}} for j in job_ids}
+        await self._call(lambda api: api.jobs.set_job_statuses(body))
+        return await self.poll(job_ids)
+
+    def job_label(self, job_id: str) -> str:
+        return f"job {job_id}"
+
+
+# -- submission ------------------------------------------------------------------------------------
+
+async def submit(block: DiracX, jobs: Sequence[DiracJob], key: str | None = None,
+                 concurrency: int = 4) -> list[int]:
+    """Render, upload sandboxes, submit in chunks of 20 — once per flow run."""
+    jobs = [j if isinstance(j, DiracJob) else DiracJob.model_validate(j) for j in jobs]
+    ledger = JobLedger.current()
+    key = key or submission_key("dirac", block.url, block.vo, block.group,
+                                [j.model_dump(mode="json") for j in jobs])
+    found = await ledger.find(key)
+    if found:
+        run_logger().info("Resuming %d DIRAC job(s) this flow run already submitted", len(found.job_ids))
+        return [int(j) for j in found.job_ids]
+
+    async def render(api: Any, job: DiracJob) -> list[str]:
+        uploaded = None
+        if job.local_inputs():
+            from diracx.api.jobs import create_sandbox
+
+            uploaded = await create_sandbox(job.local_inputs(), client=api)
+        return job.to_jdls(uploaded)
+
+    adapter = block.job_adapter()
+    limit = asyncio.Semaphore(concurrency)
+
+    async def send(api: Any, chunk: list[str]) -> list[int]:
+        async with limit:
+            inserted = await api.jobs.submit_jdl_jobs(chunk)
+        return [j.job_id for j in inserted]
+
+    async def everything(api: Any) -> list[int]:
+        jdls = [jdl for job in jobs for jdl in await render(api, job)]
+        chunks = [jdls[i:i + MAX_JDLS_PER_CALL] for i in range(0, len(jdls), MAX_JDLS_PER_CALL)]
+        results = await asyncio.gather(*(send(api, c) for c in chunks))
+        return [job_id for ids in results for job_id in ids]
+
+    ids = await adapter._call(everything)
+    await ledger.record(Submission(key=key, service="dirac", job_ids=[str(i) for i in ids],
+                                   label=jobs[0].job_name if jobs else "", block_type=DiracX.get_block_type_slug(),
+                                   block_name=getattr(block, "_block_document_name", None)))
+    run_logger().info("Submitted %d DIRAC job(s) in %d call(s)", len(ids), -(-len(ids) // MAX_JDLS_PER_CALL))
+    return ids
+
+
+def _diracx(block: DiracX | str) -> DiracX:
+    return block if isinstance(block, DiracX) else DiracX.load(block, _sync=True)  # type: ignore[call-arg]
+
+
+@task(name="dirac-submit")
+@redact_errors
+async def submit_jobs(diracx: DiracX | str, jobs: Sequence[DiracJob]) -> list[int]:
+    """Submit jobs (parametric ones expand to one job per parameter); never twice per flow run."""
+    return await submit(_diracx(diracx), jobs)
+
+
+@task(name="dirac-wait", retries=3, retry_delay_seconds=[60, 300, 900], retry_condition_fn=retry_if_watch_may_recover)
+@redact_errors
+async def wait_for_jobs(diracx: DiracX | str, job_ids: Sequence[int],
+                        policy: WatchPolicy | None = None) -> dict[str, JobStatus]:
+    """Wait for every job with ONE status request per cycle (progress, events, table in the UI)."""
+    adapter = _diracx(diracx).job_adapter()
+    return await watch(adapter, [str(j) for j in job_ids], policy, PrefectReporter(adapter, "DIRAC jobs"))
+
+
+@task(name="dirac-kill")
+@redact_errors
+async def kill_jobs(diracx: DiracX | str, job_ids: Sequence[int]) -> dict[str, str]:
+    """Kill jobs; returns each job's status as the server reports it afterwards."""
+    statuses = await _diracx(diracx).job_adapter().cancel([str(j) for j in job_ids])
+    return {job: status.detail.get("status", status.state.value) for job, status in statuses.items()}
+

@@ -1,0 +1,109 @@
+"""DIRAC through a real DiracX 0.7 server: JDL rendering and validation, chunked
+submission, bulk waiting over more than 100 jobs, kill, resume without resubmitting."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tasks.dirac import DiracJob, ExpiredCredentials, kill_jobs, submit
+from tasks.remote import JobState, WatchPolicy, watch
+
+FAST = WatchPolicy(first_interval=0.3, max_interval=1.0)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_jdl_renders_every_field(tmp_path):
+    job = DiracJob(executable="analyse.sh", arguments="--input %s --fast", parameters=["a.csv", "b.csv"],
+                   input_sandbox=["SB:SandboxSE|/S3/x.tar.zst"], output_sandbox=["out.csv", "std.out"],
+                   job_name="ana-%s", job_group="g1", site=["EGI.SITE"], banned_sites=["BAD.SITE"],
+                   cpu_time=3600, tags=["8Processors"], platform="x86_64")
+    first, second = job.to_jdls()
+    assert 'Arguments = "--input a.csv --fast";' in first and 'JobName = "ana-a.csv";' in first
+    assert 'JobName = "ana-b.csv";' in second and 'Parameter = "b.csv";' in second
+    for line in ('Executable = "analyse.sh";', 'InputSandbox = {"SB:SandboxSE|/S3/x.tar.zst"};',
+                 'OutputSandbox = {"out.csv", "std.out"};', 'Site = {"EGI.SITE"};', 'BannedSites = {"BAD.SITE"};',
+                 "CPUTime = 3600;", 'Tags = {"8Processors"};', 'Platform = "x86_64";', 'JobGroup = "g1";'):
+        assert line in first
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"executable": "  "}, "executable: give the program or script to run"),
+    ({"executable": "x", "arguments": 'say "hi"'}, "arguments: 'say \"hi\"' cannot be written into JDL"),
+    ({"executable": "x", "input_sandbox": ["/no/such/file.sh"]}, "input_sandbox: /no/such/file.sh does not exist"),
+    ({"executable": "x", "cpu_time": -5}, "cpu_time"),
+    ({}, "executable"),
+])
+def test_bad_descriptions_fail_before_anything_is_sent(fields, message):
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace('"', '.')):
+        DiracJob(**fields)
+
+
+def test_chunked_submission_and_bulk_wait_over_a_hundred_jobs(diracx):
+    block = diracx.block()
+    before = diracx.job_count()
+    job = DiracJob(executable="echo", arguments="%s", parameters=list(range(130)))
+    ids = run(submit(block, [job]))
+    assert len(ids) == 130 and len(set(ids)) == 130
+    assert diracx.job_count() == before + 130
+    diracx.pilot.run_in_background(ids, start_after=0.5, duration=1.0, fail=ids[:3])
+    adapter = block.job_adapter()
+    final = run(watch(adapter, [str(i) for i in ids], FAST))
+    states = [s.state for s in final.values()]
+    assert states.count(JobState.SUCCEEDED) == 127 and states.count(JobState.FAILED) == 3
+    assert final[str(ids[0])].message == "Failed: Application Finished With Errors"
+    polls = adapter.searches
+    assert polls <= 12  # one search per cycle for all 130 jobs, not one per job
+
+
+def test_pages_are_walked_beyond_the_page_size(diracx):
+    block = diracx.block()
+    ids = run(submit(block, [DiracJob(executable="echo", parameters=list(range(25)))]))
+    adapter = block.job_adapter()
+    import tasks.dirac as dirac
+
+    original = dirac.MAX_PER_PAGE
+    dirac.MAX_PER_PAGE = 10
+    try:
+        rows = run(adapter.statuses(ids))
+    finally:
+        dirac.MAX_PER_PAGE = original
+    assert len(rows) == 25 and adapter.searches == 3
+
+
+def test_kill_is_verified_on_the_server(diracx):
+    block = diracx.block()
+    ids = run(submit(block, [DiracJob(executable="sleep", arguments="600", parameters=[1, 2])]))
+    run(diracx.pilot.set_status([ids[1]], "Done", "Execution Complete"))
+    outcome = run(kill_jobs.fn(block, ids))
+    assert outcome == {str(ids[0]): "Killed", str(ids[1]): "Done"}  # Done→Killed is refused
+
+
+def test_input_sandbox_is_uploaded(diracx, tmp_path):
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    ids = run(submit(diracx.block(), [DiracJob(executable="run.sh", input_sandbox=[str(script)])]))
+    assert len(ids) == 1
+
+
+def test_missing_credentials_file_is_a_clear_error(diracx, tmp_path):
+    with pytest.raises(ValueError, match="credentials_path: .* does not exist; run `dirac login`"):
+        diracx.block(credentials_path=str(tmp_path / "nope.json")).credentials_file()
+
+
+def test_expired_credentials_without_refresh_are_a_clear_error(diracx, tmp_path):
+    import json
+
+    expired = tmp_path / "expired.json"
+    data = json.loads(Path(diracx.credentials).read_text())
+    data["expires_on"] = 0
+    expired.write_text(json.dumps(data))
+    block = diracx.block(credentials_path=str(expired))
+    with pytest.raises(ExpiredCredentials, match=r"expired at 1970-01-01T00:00:00\+00:00 and there is no refresh"):
+        run(block.job_adapter().poll(["1"]))
