@@ -195,18 +195,20 @@ class DiracXPeer:
     def __init__(self, process: PeerProcess):
         self.process = process
         self.url: str = process.info["url"]
-        (self.vo, creds), *_ = process.info["vos"].items()
+        self.vos: dict = process.info["vos"]
+        (self.vo, creds), *_ = self.vos.items()
         self.group: str = creds["group"]
         self.credentials: str = creds["user"]
         from deployments.sandbox.dirac_pilot import Pilot
 
         self.pilot = Pilot(self.url, creds["pilot"])
 
-    def block(self, **fields):
+    def block(self, vo: str | None = None, **fields):
         from tasks.dirac import DiracX
 
-        fields.setdefault("credentials_path", self.credentials)
-        return DiracX(url=self.url, vo=self.vo, group=self.group, **fields)
+        vo = vo or self.vo
+        fields.setdefault("credentials_path", self.vos[vo]["user"])
+        return DiracX(url=self.url, vo=vo, group=self.vos[vo]["group"], **fields)
 
     def job_count(self) -> int:
         """Jobs the server holds for our user (to prove nothing was submitted twice)."""
@@ -222,7 +224,8 @@ class DiracXPeer:
 
 @pytest.fixture(scope="session")
 def diracx_process():
-    peer = start_peer("diracx", "diracx_peer.py", timeout=120)
+    peer = start_peer("diracx", "diracx_peer.py", "--vo", "egi.test:egi_user:alice", "--vo", "vo.second.eu:second_user:bob",
+                      timeout=120)
     yield peer
     peer.stop()
 

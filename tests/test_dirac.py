@@ -107,3 +107,19 @@ def test_expired_credentials_without_refresh_are_a_clear_error(diracx, tmp_path)
     block = diracx.block(credentials_path=str(expired))
     with pytest.raises(ExpiredCredentials, match=r"expired at 1970-01-01T00:00:00\+00:00 and there is no refresh"):
         run(block.job_adapter().poll(["1"]))
+
+
+def test_two_blocks_for_two_vos_in_one_process(diracx):
+    """Explicit preferences per block: each submits with its own identity."""
+    first, second = diracx.block("egi.test"), diracx.block("vo.second.eu")
+    ids_first = run(submit(first, [DiracJob(executable="echo", arguments="first")]))
+    ids_second = run(submit(second, [DiracJob(executable="echo", arguments="second")]))
+
+    async def owners(block, ids):
+        async with block.client() as api:
+            rows = await api.jobs.search(parameters=["JobID", "Owner", "VO", "OwnerGroup"],
+                                         search=[{"parameter": "JobID", "operator": "in", "values": ids}])
+        return {(r["Owner"], r["VO"], r["OwnerGroup"]) for r in rows}
+
+    assert run(owners(first, ids_first)) == {("alice", "egi.test", "egi_user")}
+    assert run(owners(second, ids_second)) == {("bob", "vo.second.eu", "second_user")}

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--workdir", help="kept across restarts (databases, config, keys)")
-    parser.add_argument("--vo", action="append", help="VO[:group] to create (default egi.test:egi_user)")
+    parser.add_argument("--vo", action="append", help="VO[:group[:user]] to create (default egi.test:egi_user:alice)")
     parser.add_argument("--token-lifetime", type=int, default=7 * 24 * 3600)
     args = parser.parse_args(argv)
 
@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     port = args.port or free_port()
     s3_port = free_port()
     url = f"http://127.0.0.1:{port}"
-    vos = [(v.split(":") + ["egi_user"])[:2] for v in (args.vo or ["egi.test:egi_user"])]
+    vos = []
+    for spec in args.vo or ["egi.test:egi_user:alice"]:
+        vo, group, user = (spec.split(":") + ["", ""])[:3]
+        vos.append((vo, group or "egi_user", user or "alice"))
     python = sys.executable
     users = []
     if fresh:
@@ -92,12 +95,12 @@ def main(argv: list[str] | None = None) -> None:
         (root / "db").mkdir(parents=True, exist_ok=True)
         run(python, "-m", "diracx.logic", "rotate-jwk", "--jwks-path", str(root / "keystore" / "jwks.json"))
         run(bin_path("dirac"), "internal", "generate-cs", str(root / "cs" / "repo"))
-        for vo, group in vos:
+        for vo, group, user in vos:
             run(bin_path("dirac"), "internal", "add-vo", str(root / "cs" / "repo"), f"--vo={vo}",
                 "--idp-url=https://x.invalid", "--idp-client-id=x", f"--default-group={group}")
-            sub = str(uuid.uuid5(uuid.NAMESPACE_URL, f"alice@{vo}"))
+            sub = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{user}@{vo}"))
             run(bin_path("dirac"), "internal", "add-user", str(root / "cs" / "repo"), f"--vo={vo}",
-                f"--group={group}", f"--sub={sub}", "--preferred-username=alice")
+                f"--group={group}", f"--sub={sub}", f"--preferred-username={user}")
         (root / "state.json").write_text(json.dumps({"vos": vos}))
     vos = json.loads((root / "state.json").read_text())["vos"]
 
@@ -161,12 +164,13 @@ def main(argv: list[str] | None = None) -> None:
 
     jwks = root / "keystore" / "jwks.json"
     credentials = {}
-    for vo, group in vos:
-        sub = str(uuid.uuid5(uuid.NAMESPACE_URL, f"alice@{vo}"))
-        user = mint(jwks, url, vo, group, "alice", sub, ["NormalUser"], args.token_lifetime)
-        pilot = mint(jwks, url, vo, group, "alice", sub, ["NormalUser", "JobAdministrator"], args.token_lifetime)
+    for vo, group, name in vos:
+        sub = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{name}@{vo}"))
+        user = mint(jwks, url, vo, group, name, sub, ["NormalUser"], args.token_lifetime)
+        pilot = mint(jwks, url, vo, group, name, sub, ["NormalUser", "JobAdministrator"], args.token_lifetime)
         credentials[vo] = {
             "group": group,
+            "username": name,
             "user": str(credentials_file(root / f"credentials-{vo}.json", user, args.token_lifetime)),
             "pilot": str(credentials_file(root / f"pilot-{vo}.json", pilot, args.token_lifetime)),
         }
