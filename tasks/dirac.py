@@ -321,27 +321,8 @@ class DiracAdapter(RemoteJobAdapter):
 
 # -- submission ------------------------------------------------------------------------------------
 
-async def submit(block: DiracX, jobs: Sequence[DiracJob], key: str | None = None,
-                 concurrency: int = 4) -> list[int]:
-    """Render, upload sandboxes, submit in chunks of 20 — once per flow run."""
-    jobs = [j if isinstance(j, DiracJob) else DiracJob.model_validate(j) for j in jobs]
-    ledger = JobLedger.current()
-    key = key or submission_key("dirac", block.url, block.vo, block.group,
-                                [j.model_dump(mode="json") for j in jobs])
-    found = await ledger.find(key)
-    if found:
-        run_logger().info("Resuming %d DIRAC job(s) this flow run already submitted", len(found.job_ids))
-        return [int(j) for j in found.job_ids]
-
-    async def render(api: Any, job: DiracJob) -> list[str]:
-        uploaded = None
-        if job.local_inputs():
-            from diracx.api.jobs import create_sandbox
-
-            uploaded = await create_sandbox(job.local_inputs(), client=api)
-        return job.to_jdls(uploaded)
-
-    adapter = block.job_adapter()
+async def _submit_jdls(block: DiracX, jdls: Sequence[str], concurrency: int) -> list[int]:
+    """Send JDLs in chunks of 20 with bounded concurrency; ids in the order of `jdls`."""
     limit = asyncio.Semaphore(concurrency)
 
     async def send(api: Any, chunk: list[str]) -> list[int]:
@@ -350,17 +331,110 @@ async def submit(block: DiracX, jobs: Sequence[DiracJob], key: str | None = None
         return [j.job_id for j in inserted]
 
     async def everything(api: Any) -> list[int]:
-        jdls = [jdl for job in jobs for jdl in await render(api, job)]
-        chunks = [jdls[i:i + MAX_JDLS_PER_CALL] for i in range(0, len(jdls), MAX_JDLS_PER_CALL)]
+        chunks = [list(jdls[i:i + MAX_JDLS_PER_CALL]) for i in range(0, len(jdls), MAX_JDLS_PER_CALL)]
         results = await asyncio.gather(*(send(api, c) for c in chunks))
         return [job_id for ids in results for job_id in ids]
 
-    ids = await adapter._call(everything)
-    await ledger.record(Submission(key=key, service="dirac", job_ids=[str(i) for i in ids],
-                                   label=jobs[0].job_name if jobs else "", block_type=DiracX.get_block_type_slug(),
-                                   block_name=getattr(block, "_block_document_name", None)))
+    return await block.job_adapter()._call(everything)
+
+
+async def _record(block: DiracX, key: str, ids: Sequence[int], jdls: Sequence[str], label: str) -> None:
+    """The ledger keeps the JDLs too: DiracX cannot give them back, and resubmission needs them."""
+    await JobLedger.current().record(Submission(
+        key=key, service="dirac", job_ids=[str(i) for i in ids], label=label,
+        block_type=DiracX.get_block_type_slug(), block_name=getattr(block, "_block_document_name", None),
+        extra={"jdls": list(jdls)}))
+
+
+async def submit(block: DiracX, jobs: Sequence[DiracJob], key: str | None = None,
+                 concurrency: int = 4) -> list[int]:
+    """Render, upload sandboxes, submit in chunks of 20 — once per flow run."""
+    jobs = [j if isinstance(j, DiracJob) else DiracJob.model_validate(j) for j in jobs]
+    key = key or submission_key("dirac", block.url, block.vo, block.group,
+                                [j.model_dump(mode="json") for j in jobs])
+    found = await JobLedger.current().find(key)
+    if found:
+        run_logger().info("Resuming %d DIRAC job(s) this flow run already submitted", len(found.job_ids))
+        return [int(j) for j in found.job_ids]
+
+    async def render(api: Any) -> list[str]:
+        from diracx.api.jobs import create_sandbox
+
+        rendered: list[str] = []
+        for job in jobs:
+            uploaded = await create_sandbox(job.local_inputs(), client=api) if job.local_inputs() else None
+            rendered += job.to_jdls(uploaded)
+        return rendered
+
+    jdls = await block.job_adapter()._call(render)
+    ids = await _submit_jdls(block, jdls, concurrency)
+    await _record(block, key, ids, jdls, jobs[0].job_name if jobs else "")
     run_logger().info("Submitted %d DIRAC job(s) in %d call(s)", len(ids), -(-len(ids) // MAX_JDLS_PER_CALL))
     return ids
+
+
+async def resubmit(block: DiracX, failed: Sequence[int], attempt: int, concurrency: int = 4) -> dict[int, int]:
+    """Submit failed jobs again as new jobs (Ganga's automatic resubmission), from the
+    JDLs in this flow run's ledger; returns {old id: new id}. Once per attempt per run.
+
+    Why not DiracX's `reschedule_jobs`: in 0.7 it leaves a Failed job Failed (it only
+    bumps the minor status and counter), so the job would never run again."""
+    ledger = JobLedger.current()
+    failed = [int(j) for j in failed]
+    key = submission_key("dirac-resubmit", block.url, block.vo, failed, attempt)
+    found = await ledger.find(key)
+    if found:
+        return dict(zip(failed, (int(j) for j in found.job_ids)))
+    jdl_of: dict[int, str] = {}
+    for submission in await ledger.submissions():
+        for job_id, jdl in zip(submission.job_ids, submission.extra.get("jdls", [])):
+            jdl_of[int(job_id)] = jdl
+    missing = [j for j in failed if j not in jdl_of]
+    if missing:
+        raise ValueError(f"job ids {missing}: not submitted by this flow run, so their JDL is unknown; "
+                         "resubmit them from their job descriptions instead")
+    jdls = [jdl_of[j] for j in failed]
+    new = await _submit_jdls(block, jdls, concurrency)
+    await _record(block, key, new, jdls, f"resubmission {attempt}")
+    run_logger().info("Resubmitted %d failed DIRAC job(s) (attempt %d)", len(new), attempt)
+    return dict(zip(failed, new))
+
+
+class JobOutput(BaseModel):
+    """Where one job's output sandbox went (or why there is none)."""
+
+    job_id: int
+    path: str | None = None
+    files: list[str] = Field(default_factory=list)
+    note: str = ""
+
+
+async def collect(block: DiracX, job_ids: Sequence[int], destination: str | Path,
+                  concurrency: int = 4) -> list[JobOutput]:
+    """Download and unpack each job's output sandbox into `<destination>/<job id>/`.
+    A job without an output sandbox is reported, not fatal."""
+    from diracx.api.jobs import download_sandbox
+
+    root = Path(destination).expanduser()
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(api: Any, job_id: int) -> JobOutput:
+        async with limit:
+            sandboxes = await api.jobs.get_job_sandboxes(int(job_id))
+            pfns = list(sandboxes.get("Output") or [])
+            if not pfns:
+                return JobOutput(job_id=job_id, note="no output sandbox")
+            folder = root / str(job_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            for pfn in pfns:
+                await download_sandbox(pfn, folder, client=api)
+            files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+            return JobOutput(job_id=job_id, path=str(folder), files=files)
+
+    async def everything(api: Any) -> list[JobOutput]:
+        return list(await asyncio.gather(*(one(api, j) for j in job_ids)))
+
+    return await block.job_adapter()._call(everything)
 
 
 def _diracx(block: DiracX | str) -> DiracX:
@@ -381,6 +455,21 @@ async def wait_for_jobs(diracx: DiracX | str, job_ids: Sequence[int],
     """Wait for every job with ONE status request per cycle (progress, events, table in the UI)."""
     adapter = _diracx(diracx).job_adapter()
     return await watch(adapter, [str(j) for j in job_ids], policy, PrefectReporter(adapter, "DIRAC jobs"))
+
+
+@task(name="dirac-fetch-outputs", retries=2, retry_delay_seconds=10)
+@redact_errors
+async def fetch_job_outputs(diracx: DiracX | str, job_ids: Sequence[int],
+                            destination: str = "dirac-outputs") -> list[JobOutput]:
+    """Download every job's output sandbox into `<destination>/<job id>/`."""
+    return await collect(_diracx(diracx), job_ids, destination)
+
+
+@task(name="dirac-resubmit")
+@redact_errors
+async def resubmit_jobs(diracx: DiracX | str, job_ids: Sequence[int], attempt: int = 1) -> dict[int, int]:
+    """Submit failed jobs again as new jobs; returns {old id: new id}."""
+    return await resubmit(_diracx(diracx), job_ids, attempt)
 
 
 @task(name="dirac-kill")

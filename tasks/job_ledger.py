@@ -13,7 +13,8 @@ the run id in their name and a clean-up) and cap values at 5,000 characters,
 too small for a large DIRAC batch; flow-run inputs belong to the run and hold
 any JSON. Records hold ids and block names only, never a secret.
 
-Outside a flow run the ledger lives in memory (nothing to resume, no hooks).
+Outside a flow run there is no run to retry: nothing is deduplicated, and the
+ledger is a per-process memory (so a script can still resubmit what it sent).
 """
 
 from __future__ import annotations
@@ -72,11 +73,12 @@ class JobLedger:
 
         context = FlowRunContext.get()
         run = context.flow_run if context else None
-        return cls(run.id if run else None)
+        return cls(run.id) if run else _PROCESS_LEDGER
 
     async def find(self, key: str) -> Submission | None:
+        """The submission this flow run already made under `key` (never outside a run)."""
         if self.flow_run_id is None:
-            return self._memory.get(key)
+            return None
         found = await self._filter(RECORD_PREFIX + key)
         return next((Submission.from_json(item.value) for item in found if item.key == RECORD_PREFIX + key), None)
 
@@ -117,6 +119,9 @@ class JobLedger:
         if self.flow_run_id is None:
             return key in self._cancelled
         return any(item.key == CANCEL_PREFIX + key for item in await self._filter(CANCEL_PREFIX + key, limit=1))
+
+
+_PROCESS_LEDGER = JobLedger(None)
 
 
 def cancel_remote_jobs(flow: Any, flow_run: Any, state: Any) -> None:

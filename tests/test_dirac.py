@@ -123,3 +123,32 @@ def test_two_blocks_for_two_vos_in_one_process(diracx):
 
     assert run(owners(first, ids_first)) == {("alice", "egi.test", "egi_user")}
     assert run(owners(second, ids_second)) == {("bob", "vo.second.eu", "second_user")}
+
+
+def test_outputs_and_resubmission(diracx, tmp_path):
+    import uuid
+
+    from deployments.sandbox.dirac_pilot import BatchPilot
+    from tasks.dirac import collect, resubmit
+
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    block = diracx.block()
+    ids = run(submit(block, [DiracJob(executable="echo", arguments="%s", parameters=list(range(6)),
+                                      job_group=group)]))
+    pilot = BatchPilot(diracx.pilot, group, tmp_path / "pilot", fail_first=lambda j: j == ids[0]).start()
+    try:
+        final = run(watch(block.job_adapter(), [str(i) for i in ids], FAST))
+        failed = [int(j) for j, s in final.items() if s.state is JobState.FAILED]
+        assert failed == [ids[0]]
+        (replacement,) = run(resubmit(block, failed, attempt=1)).values()
+        assert replacement not in ids
+        again = run(watch(block.job_adapter(), [str(replacement)], FAST))
+        assert again[str(replacement)].state is JobState.SUCCEEDED
+    finally:
+        pilot.stop()
+    done = ids[1:] + [replacement]
+    outputs = run(collect(block, done, tmp_path / "out"))
+    assert all(o.files == ["result.txt"] for o in outputs)
+    assert (tmp_path / "out" / str(replacement) / "result.txt").read_text() == f"job {replacement} run 1\n"
+    (missing,) = run(collect(block, [ids[0]], tmp_path / "out"))
+    assert missing.path is None and missing.note == "no output sandbox"

@@ -34,3 +34,49 @@ def test_a_retried_flow_does_not_submit_the_batch_twice(prefect_db, diracx):
     assert len(attempts) == 2 and attempts[0] == attempts[1]
     assert diracx.job_count() == before + 45  # 45 jobs on the server, not 90
     assert set(result.values()) == {"succeeded"}
+
+
+def test_batch_flow_resubmits_failures_collects_outputs_and_reports(prefect_db, diracx, tmp_path):
+    from deployments.sandbox.dirac_pilot import BatchPilot
+    from flows.dirac import dirac_batch
+
+    name = f"dx-{uuid.uuid4().hex[:8]}"
+    diracx.block().save(name, overwrite=True)
+    group = f"batch-{uuid.uuid4().hex[:6]}"
+    seen: list[int] = []
+
+    def fail_first(job_id: int) -> bool:  # the batch's two lowest ids fail; their replacements succeed
+        seen.append(job_id)
+        return job_id in sorted(set(seen))[:2]
+
+    pilot = BatchPilot(diracx.pilot, group, tmp_path / "pilot", fail_first=fail_first).start()
+    try:
+        job = DiracJob(executable="echo", arguments="%s", parameters=list(range(5)), job_group=group)
+        state = asyncio.run(dirac_batch(job, diracx_block=name, destination=str(tmp_path / "out"),
+                                        return_state=True))
+    finally:
+        pilot.stop()
+    assert state.is_completed(), state.message
+    report = state.result()
+    assert (report.submitted, report.resubmitted, report.succeeded, report.failed) == (5, 2, 5, [])
+    assert all((tmp_path / "out" / str(o.job_id) / "result.txt").is_file() for o in report.outputs)
+    assert len(report.outputs) == 5
+
+
+def test_batch_flow_reports_jobs_that_keep_failing(prefect_db, diracx, tmp_path):
+    from deployments.sandbox.dirac_pilot import BatchPilot
+    from flows.dirac import dirac_batch
+
+    name = f"dx-{uuid.uuid4().hex[:8]}"
+    diracx.block().save(name, overwrite=True)
+    group = f"bad-{uuid.uuid4().hex[:6]}"
+    pilot = BatchPilot(diracx.pilot, group, tmp_path / "pilot", fail_first=lambda job_id: True).start()
+    try:
+        job = DiracJob(executable="false", parameters=[1, 2], job_group=group)
+        report = asyncio.run(dirac_batch(job, diracx_block=name, destination=str(tmp_path / "out"),
+                                         max_resubmissions=1))
+    finally:
+        pilot.stop()
+    assert (report.submitted, report.resubmitted, report.succeeded) == (2, 2, 0)
+    assert {(f.status, f.minor_status) for f in report.failed} == {("Failed", "Application Finished With Errors")}
+    assert "| failed job | status | minor status |" in report.markdown()

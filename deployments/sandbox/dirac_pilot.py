@@ -5,6 +5,7 @@ Failed) with the JobAdministrator credentials, after the delays it is given."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -49,3 +50,65 @@ class Pilot:
         thread = threading.Thread(target=lambda: asyncio.run(self.run(ids, **kwargs)), daemon=True)
         thread.start()
         return thread
+
+
+class BatchPilot:
+    """Runs every job of one JobGroup as it arrives (or comes back rescheduled):
+    Received → … → Running → Done, with an output sandbox holding `result.txt`;
+    `fail_first(job_id)` jobs fail on their first run only (to exercise resubmission)."""
+
+    def __init__(self, pilot: Pilot, job_group: str, workdir: Path, fail_first: Any = lambda job_id: False,
+                 duration: float = 0.3):
+        self.pilot, self.job_group, self.workdir = pilot, job_group, Path(workdir)
+        self.fail_first, self.duration = fail_first, duration
+        self.runs: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    async def _cycle(self) -> None:
+        async with self.pilot.client() as api:
+            waiting = await api.jobs.search(
+                parameters=["JobID"], per_page=10_000,
+                search=[{"parameter": "JobGroup", "operator": "eq", "value": self.job_group},
+                        {"parameter": "Status", "operator": "eq", "value": "Received"}])
+        ids = [int(r["JobID"]) for r in waiting]
+        if not ids:
+            return
+        for status in WALK:
+            await self.pilot.set_status(ids, status)
+        await asyncio.sleep(self.duration)
+        failing = [j for j in ids if self.runs.get(j, 0) == 0 and self.fail_first(j)]
+        done = [j for j in ids if j not in failing]
+        for j in ids:
+            self.runs[j] = self.runs.get(j, 0) + 1
+        if done:
+            await self.attach_outputs(done)
+            await self.pilot.set_status(done, "Done", "Execution Complete")
+        if failing:
+            await self.pilot.set_status(failing, "Failed", "Application Finished With Errors")
+
+    async def attach_outputs(self, ids: list[int]) -> None:
+        from diracx.api.jobs import create_sandbox
+
+        async with self.pilot.client() as api:
+            for job_id in ids:
+                folder = self.workdir / str(job_id)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "result.txt").write_text(f"job {job_id} run {self.runs[job_id]}\n")
+                pfn = await create_sandbox([folder / "result.txt"], client=api)
+                await api.jobs.assign_sandbox_to_job(job_id, json.dumps(pfn))
+
+    def start(self) -> "BatchPilot":
+        async def loop() -> None:
+            while not self._stop.is_set():
+                await self._cycle()
+                await asyncio.sleep(0.2)
+
+        self._thread = threading.Thread(target=lambda: asyncio.run(loop()), daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(30)
