@@ -234,9 +234,13 @@ class ExpiredCredentials(ValueError):
 # -- the adapter ---------------------------------------------------------------------------------
 
 def _service_error(exc: BaseException) -> BaseException:
-    """azure-core errors → the engine's transient / credentials vocabulary."""
+    """azure-core and httpx2 (diracx-client's HTTP stack) errors → the engine's
+    transient / credentials vocabulary."""
+    import httpx2
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 
+    if isinstance(exc, httpx2.TransportError):  # e.g. the client's discovery while the server restarts
+        return TransientServiceError(f"DiracX unreachable: {type(exc).__name__}")
     if isinstance(exc, ClientAuthenticationError) or getattr(exc, "status_code", None) == 401:
         return CredentialsRejected(f"DiracX refused the credentials: {_detail(exc)}")
     if isinstance(exc, ServiceRequestError):

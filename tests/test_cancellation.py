@@ -21,8 +21,8 @@ from tasks.job_ledger import JobLedger
 pytestmark = pytest.mark.prefect
 
 SERVE = """
-from flows.dataminer import dataminer_run
-dataminer_run.serve(name="{name}", limit=1, pause_on_shutdown=False)
+from flows.{module} import {flow}
+{flow}.serve(name="{name}", limit=1, pause_on_shutdown=False)
 """
 
 
@@ -37,14 +37,10 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def test_cancel_from_the_api_runs_the_hook_in_another_process(prefect_db, dataminer, tmp_path):
-    from prefect.settings import PREFECT_API_URL
-
     block_name = f"dm-cancel-{uuid.uuid4().hex[:6]}"
     dataminer.block().save(block_name, overwrite=True)
     name = f"cancel-{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
-    server = subprocess.Popen([sys.executable, "-c", SERVE.format(name=name)], env=env, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    server = serve("dataminer", "dataminer_run", name, tmp_path)
     try:
         with get_client(sync_client=True) as client:
             deployment = wait_for(lambda: _deployment(client, f"dataminer-run/{name}"), 60, "the served deployment")
@@ -61,11 +57,52 @@ def test_cancel_from_the_api_runs_the_hook_in_another_process(prefect_db, datami
         assert marked and submission.block_name == block_name
         assert dataminer.stats()["post-execute"] == 1
     finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
+
+
+def serve(module: str, flow: str, name: str, cwd) -> subprocess.Popen:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    return subprocess.Popen([sys.executable, "-c", SERVE.format(module=module, flow=flow, name=name)], env=env,
+                            cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+def test_cancel_from_the_api_kills_the_dirac_jobs(prefect_db, diracx, tmp_path):
+    block_name = f"dx-cancel-{uuid.uuid4().hex[:6]}"
+    diracx.block().save(block_name, overwrite=True)
+    name = f"cancel-{uuid.uuid4().hex[:6]}"
+    server = serve("dirac", "dirac_batch", name, tmp_path)
+    try:
+        with get_client(sync_client=True) as client:
+            deployment = wait_for(lambda: _deployment(client, f"dirac-batch/{name}"), 60, "the served deployment")
+            run = client.create_flow_run_from_deployment(deployment.id, parameters={
+                "job": {"executable": "sleep", "arguments": "%s", "parameters": [600, 601, 602]},
+                "diracx_block": block_name, "destination": str(tmp_path)})
+            ledger = JobLedger(run.id)
+            (submission,) = wait_for(lambda: asyncio.run(ledger.submissions()), 60, "the jobs to be recorded")
+            client.set_flow_run_state(run.id, Cancelling(), force=True)
+            final = wait_for(lambda: _final(client, run.id), 60, "the run to end")
+            adapter = diracx.block().job_adapter()
+            statuses = wait_for(lambda: _all_killed(adapter, submission.job_ids), 30, "the jobs to be killed")
+        assert final == StateType.CANCELLED
+        assert set(statuses.values()) == {"Killed"} and len(statuses) == 3
+    finally:
+        stop(server)
+
+
+def _all_killed(adapter, job_ids):
+    rows = asyncio.run(adapter.statuses(job_ids))
+    statuses = {j: r["Status"] for j, r in rows.items()}
+    return statuses if set(statuses.values()) == {"Killed"} else None
 
 
 def _deployment(client, name: str):

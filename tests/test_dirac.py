@@ -152,3 +152,48 @@ def test_outputs_and_resubmission(diracx, tmp_path):
     assert (tmp_path / "out" / str(replacement) / "result.txt").read_text() == f"job {replacement} run 1\n"
     (missing,) = run(collect(block, [ids[0]], tmp_path / "out"))
     assert missing.path is None and missing.note == "no output sandbox"
+
+
+def test_server_restarted_mid_wait_the_wait_resumes(tmp_path):
+    import socket
+    import threading
+
+    from deployments.sandbox.dirac_pilot import Pilot
+    from deployments.sandbox.peers import start_peer
+    from tasks.dirac import DiracX
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = ("--port", str(port), "--workdir", str(tmp_path / "diracx"))
+    first = start_peer("diracx-restart", "diracx_peer.py", *args, timeout=120)
+    second = None
+    try:
+        (vo, creds), = first.info["vos"].items()
+        block = DiracX(url=first.info["url"], vo=vo, group=creds["group"], credentials_path=creds["user"])
+        ids = run(submit(block, [DiracJob(executable="echo", parameters=[1, 2, 3])]))
+        outcome: dict = {}
+        policy = WatchPolicy(first_interval=0.3, max_interval=1, error_backoff=0.3, max_error_backoff=1,
+                             max_consecutive_errors=60, deadline=120)
+
+        def wait() -> None:
+            try:
+                outcome["final"] = run(watch(block.job_adapter(), [str(i) for i in ids], policy))
+            except Exception as exc:  # reported below
+                import traceback
+
+                outcome["error"] = exc
+                outcome["trace"] = traceback.format_exc()
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        first.stop()  # uvicorn and moto go down; the databases stay in the workdir
+        second = start_peer("diracx-restart", "diracx_peer.py", *args, timeout=120)
+        run(Pilot(second.info["url"], creds["pilot"]).run(ids, start_after=0.1, duration=0.2))
+        waiter.join(120)
+        assert "error" not in outcome, outcome.get("trace")
+        assert {s.state for s in outcome["final"].values()} == {JobState.SUCCEEDED}
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
