@@ -125,29 +125,34 @@ class DiracJob(BaseModel):
         def fill(text: str) -> str:
             return text.replace("%s", parameter) if parameter is not None else text
 
-        lines = [f"Executable = {_quote('executable', self.executable)};",
-                 f"JobName = {_quote('job_name', fill(self.job_name))};",
-                 f"StdOutput = {_quote('stdout', self.stdout)};",
-                 f"StdError = {_quote('stderr', self.stderr)};",
-                 f"OutputSandbox = {_jdl_list('output_sandbox', self.output_sandbox)};"]
-        if self.arguments:
-            lines.append(f"Arguments = {_quote('arguments', fill(self.arguments))};")
-        if sandbox:
-            lines.append(f"InputSandbox = {_jdl_list('input_sandbox', sandbox)};")
-        if self.job_group:
-            lines.append(f"JobGroup = {_quote('job_group', self.job_group)};")
-        if self.site:
-            lines.append(f"Site = {_jdl_list('site', self.site)};")
-        if self.banned_sites:
-            lines.append(f"BannedSites = {_jdl_list('banned_sites', self.banned_sites)};")
-        if self.cpu_time:
-            lines.append(f"CPUTime = {self.cpu_time};")
-        if self.tags:
-            lines.append(f"Tags = {_jdl_list('tags', self.tags)};")
-        if self.platform:
-            lines.append(f"Platform = {_quote('platform', self.platform)};")
-        if parameter is not None:
-            lines.append(f"Parameter = {_quote('parameters', parameter)};")
+        # (JDL attribute, field named in errors, value); empty values are left out
+        attributes: list[tuple[str, str, Any]] = [
+            ("Executable", "executable", self.executable),
+            ("JobName", "job_name", fill(self.job_name)),
+            ("StdOutput", "stdout", self.stdout),
+            ("StdError", "stderr", self.stderr),
+            ("OutputSandbox", "output_sandbox", self.output_sandbox),
+            ("Arguments", "arguments", fill(self.arguments)),
+            ("InputSandbox", "input_sandbox", sandbox),
+            ("JobGroup", "job_group", self.job_group),
+            ("Site", "site", self.site),
+            ("BannedSites", "banned_sites", self.banned_sites),
+            ("CPUTime", "cpu_time", self.cpu_time),
+            ("Tags", "tags", self.tags),
+            ("Platform", "platform", self.platform),
+            ("Parameter", "parameters", parameter),
+        ]
+        lines = []
+        for attribute, field, value in attributes:
+            if value is None or value == "" or value == []:
+                continue
+            if isinstance(value, list):
+                text = _jdl_list(field, value)
+            elif isinstance(value, int):
+                text = str(value)
+            else:
+                text = _quote(field, str(value))
+            lines.append(f"{attribute} = {text};")
         return "\n".join(lines)
 
 
