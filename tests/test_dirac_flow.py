@@ -61,6 +61,15 @@ def test_batch_flow_resubmits_failures_collects_outputs_and_reports(prefect_db, 
     assert (report.submitted, report.resubmitted, report.succeeded, report.failed) == (5, 2, 5, [])
     assert all((tmp_path / "out" / str(o.job_id) / "result.txt").is_file() for o in report.outputs)
     assert len(report.outputs) == 5
+    # a constant number of task runs, whatever the batch size: not one per job, not one per poll
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=[state.state_details.flow_run_id])))
+    names = sorted(r.name.rsplit("-", 1)[0] for r in runs)
+    assert names == ["dirac-fetch-outputs", "dirac-resubmit", "dirac-submit", "dirac-wait", "dirac-wait"]
 
 
 def test_batch_flow_reports_jobs_that_keep_failing(prefect_db, diracx, tmp_path):
