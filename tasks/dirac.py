@@ -173,6 +173,7 @@ class DiracX(Block):
     refresh_token: SecretStr | None = Field(default=None, description="A DiracX refresh token, instead of a file.")
     verify_tls: bool = Field(default=True, description="Verify the server's TLS certificate.")
     ca_bundle: str | None = Field(default=None, description="CA bundle (file or directory) for the server.")
+    timeout_seconds: float = Field(default=120.0, gt=0, description="Read timeout of each request to DiracX.")
 
     _private_credentials: Path | None = PrivateAttr(default=None)
 
@@ -226,7 +227,8 @@ class DiracX(Block):
 
         preferences = DiracxPreferences(url=self.url, credentials_path=self.usable_credentials(),
                                         **({"ca_path": self.ca_bundle} if self.ca_bundle else {}))
-        return AsyncDiracClient(diracx_preferences=preferences, verify=self.verify_tls)
+        return AsyncDiracClient(diracx_preferences=preferences, verify=self.verify_tls,
+                                connection_timeout=10, read_timeout=self.timeout_seconds)
 
     def job_adapter(self) -> "DiracAdapter":
         return DiracAdapter(self)
@@ -246,6 +248,9 @@ def _service_error(exc: BaseException) -> BaseException:
 
     if isinstance(exc, httpx2.TransportError):  # e.g. the client's discovery while the server restarts
         return TransientServiceError(f"DiracX unreachable: {type(exc).__name__}")
+    if isinstance(exc, RuntimeError) and ".well-known" in str(exc):
+        # the client's discovery got a non-200 answer (a starting server says 503 for a moment)
+        return TransientServiceError("DiracX discovery (/.well-known/openid-configuration) did not answer")
     if isinstance(exc, ClientAuthenticationError) or getattr(exc, "status_code", None) == 401:
         return CredentialsRejected(f"DiracX refused the credentials: {_detail(exc)}")
     if isinstance(exc, ServiceRequestError):
