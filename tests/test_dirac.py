@@ -197,3 +197,21 @@ def test_server_restarted_mid_wait_the_wait_resumes(tmp_path):
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_a_refresh_token_becomes_a_private_credentials_file(diracx):
+    import json
+    import stat
+
+    from pydantic import SecretStr
+
+    from tasks.redaction import redact
+
+    token = "diracx-refresh-token-for-a-test-0123456789"
+    block = diracx.block(credentials_path=None, refresh_token=SecretStr(token))
+    path = block.credentials_file()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert json.loads(path.read_text()) == {"access_token": "", "refresh_token": token, "expires_on": 0}
+    assert block.credentials_file() == path  # one file per block object
+    assert redact(f"refresh={token}") == "refresh=***"
+    assert token not in repr(block)
