@@ -277,7 +277,8 @@ class DiracAdapter(RemoteJobAdapter):
         self.block = block
         self.searches = 0  # round trips, for tests and benchmarks
 
-    async def _call(self, action: Any) -> Any:
+    async def call(self, action: Any) -> Any:
+        """Run `action(api)` with a fresh client; service errors in the engine's vocabulary."""
         try:
             async with self.block.client() as api:
                 return await action(api)
@@ -306,7 +307,7 @@ class DiracAdapter(RemoteJobAdapter):
                     return rows
                 page += 1
 
-        return await self._call(search)
+        return await self.call(search)
 
     async def poll(self, job_ids: Sequence[str]) -> Mapping[str, JobStatus]:
         rows = await self.statuses(job_ids)
@@ -326,7 +327,7 @@ class DiracAdapter(RemoteJobAdapter):
         when = datetime.now(timezone.utc).isoformat()
         body = {str(j): {when: {"Status": "Killed", "MinorStatus": "Marked for termination",
                                 "Source": "prefect-egi"}} for j in job_ids}
-        await self._call(lambda api: api.jobs.set_job_statuses(body))
+        await self.call(lambda api: api.jobs.set_job_statuses(body))
         return await self.poll(job_ids)
 
     def job_label(self, job_id: str) -> str:
@@ -349,7 +350,7 @@ async def _submit_jdls(block: DiracX, jdls: Sequence[str], concurrency: int) -> 
         results = await asyncio.gather(*(send(api, c) for c in chunks))
         return [job_id for ids in results for job_id in ids]
 
-    return await block.job_adapter()._call(everything)
+    return await block.job_adapter().call(everything)
 
 
 async def _record(block: DiracX, key: str, ids: Sequence[int], jdls: Sequence[str], label: str) -> None:
@@ -380,7 +381,7 @@ async def submit(block: DiracX, jobs: Sequence[DiracJob], key: str | None = None
             rendered += job.to_jdls(uploaded)
         return rendered
 
-    jdls = await block.job_adapter()._call(render)
+    jdls = await block.job_adapter().call(render)
     ids = await _submit_jdls(block, jdls, concurrency)
     await _record(block, key, ids, jdls, jobs[0].job_name if jobs else "")
     run_logger().info("Submitted %d DIRAC job(s) in %d call(s)", len(ids), -(-len(ids) // MAX_JDLS_PER_CALL))
@@ -448,7 +449,7 @@ async def collect(block: DiracX, job_ids: Sequence[int], destination: str | Path
     async def everything(api: Any) -> list[JobOutput]:
         return list(await asyncio.gather(*(one(api, j) for j in job_ids)))
 
-    return await block.job_adapter()._call(everything)
+    return await block.job_adapter().call(everything)
 
 
 def _diracx(block: DiracX | str) -> DiracX:

@@ -36,28 +36,35 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def cancel_while_running(module: str, flow: str, parameters: dict, cwd):
+    """Serve `flows.<module>:<flow>`, start a run, cancel it through the API once its
+    remote work is recorded; returns (final state type, the run's ledger, its submission)."""
+    name = f"cancel-{uuid.uuid4().hex[:6]}"
+    server = serve(module, flow, name, cwd)
+    try:
+        with get_client(sync_client=True) as client:
+            flow_name = flow.replace("_", "-")
+            deployment = wait_for(lambda: _deployment(client, f"{flow_name}/{name}"), 60, "the served deployment")
+            run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+            ledger = JobLedger(run.id)
+            (submission,) = wait_for(lambda: asyncio.run(ledger.submissions()), 60, "the remote work to be recorded")
+            client.set_flow_run_state(run.id, Cancelling(), force=True)
+            final = wait_for(lambda: _final(client, run.id), 60, "the run to end")
+        return final, ledger, submission
+    finally:
+        stop(server)
+
+
 def test_cancel_from_the_api_runs_the_hook_in_another_process(prefect_db, dataminer, tmp_path):
     block_name = f"dm-cancel-{uuid.uuid4().hex[:6]}"
     dataminer.block().save(block_name, overwrite=True)
-    name = f"cancel-{uuid.uuid4().hex[:6]}"
-    server = serve("dataminer", "dataminer_run", name, tmp_path)
-    try:
-        with get_client(sync_client=True) as client:
-            deployment = wait_for(lambda: _deployment(client, f"dataminer-run/{name}"), 60, "the served deployment")
-            run = client.create_flow_run_from_deployment(deployment.id, parameters={
-                "process": "SLOW_COUNTER", "inputs": {"seconds": 60, "steps": 30}, "dataminer_block": block_name,
-                "destination": str(tmp_path)})
-            ledger = JobLedger(run.id)
-            wait_for(lambda: asyncio.run(ledger.submissions()), 60, "the execution to be recorded")
-            client.set_flow_run_state(run.id, Cancelling(), force=True)
-            final = wait_for(lambda: _final(client, run.id), 60, "the run to end")
-            (submission,) = asyncio.run(ledger.submissions())
-            marked = wait_for(lambda: asyncio.run(ledger.cancel_requested(submission.key)), 30, "the hook")
-        assert final == StateType.CANCELLED
-        assert marked and submission.block_name == block_name
-        assert dataminer.stats()["post-execute"] == 1
-    finally:
-        stop(server)
+    final, ledger, submission = cancel_while_running("dataminer", "dataminer_run", {
+        "process": "SLOW_COUNTER", "inputs": {"seconds": 60, "steps": 30}, "dataminer_block": block_name,
+        "destination": str(tmp_path)}, tmp_path)
+    marked = wait_for(lambda: asyncio.run(ledger.cancel_requested(submission.key)), 30, "the hook")
+    assert final == StateType.CANCELLED
+    assert marked and submission.block_name == block_name
+    assert dataminer.stats()["post-execute"] == 1
 
 
 def serve(module: str, flow: str, name: str, cwd) -> subprocess.Popen:
@@ -79,24 +86,13 @@ def stop(server: subprocess.Popen) -> None:
 def test_cancel_from_the_api_kills_the_dirac_jobs(prefect_db, diracx, tmp_path):
     block_name = f"dx-cancel-{uuid.uuid4().hex[:6]}"
     diracx.block().save(block_name, overwrite=True)
-    name = f"cancel-{uuid.uuid4().hex[:6]}"
-    server = serve("dirac", "dirac_batch", name, tmp_path)
-    try:
-        with get_client(sync_client=True) as client:
-            deployment = wait_for(lambda: _deployment(client, f"dirac-batch/{name}"), 60, "the served deployment")
-            run = client.create_flow_run_from_deployment(deployment.id, parameters={
-                "job": {"executable": "sleep", "arguments": "%s", "parameters": [600, 601, 602]},
-                "diracx_block": block_name, "destination": str(tmp_path)})
-            ledger = JobLedger(run.id)
-            (submission,) = wait_for(lambda: asyncio.run(ledger.submissions()), 60, "the jobs to be recorded")
-            client.set_flow_run_state(run.id, Cancelling(), force=True)
-            final = wait_for(lambda: _final(client, run.id), 60, "the run to end")
-            adapter = diracx.block().job_adapter()
-            statuses = wait_for(lambda: _all_killed(adapter, submission.job_ids), 30, "the jobs to be killed")
-        assert final == StateType.CANCELLED
-        assert set(statuses.values()) == {"Killed"} and len(statuses) == 3
-    finally:
-        stop(server)
+    final, _, submission = cancel_while_running("dirac", "dirac_batch", {
+        "job": {"executable": "sleep", "arguments": "%s", "parameters": [600, 601, 602]},
+        "diracx_block": block_name, "destination": str(tmp_path)}, tmp_path)
+    adapter = diracx.block().job_adapter()
+    statuses = wait_for(lambda: _all_killed(adapter, submission.job_ids), 30, "the jobs to be killed")
+    assert final == StateType.CANCELLED
+    assert set(statuses.values()) == {"Killed"} and len(statuses) == 3
 
 
 def _all_killed(adapter, job_ids):
