@@ -161,43 +161,82 @@ class Pacer:
     """When to poll next.
 
     Geometric backoff from `first_interval` to `max_interval`, back to the start
-    when a job changes state. A running job that reports p % is extrapolated:
-    p was reached around the middle of the last polling gap, so the job should
-    end near `start + (reached - start) * 100 / p`; until that moment (capped at
-    `max_interval` per sleep) the pacer waits for it instead of guessing, and
-    polls fast again once it has passed. Learning a job's first state is not a
-    change.
+    when a job changes state; learning a job's first state is not a change.
+
+    A running job that reports progress is bracketed instead of guessed: if it
+    progresses linearly from the start of the watch in steps of at most `d`
+    (the smallest increase seen), then seeing p % at time t means it ends no
+    later than t·100/p and, while it still shows p, no sooner than t·100/(p+d).
+    Every poll narrows that window. Once the window is within the latency we
+    aim for (0.5 s, or 10 % of the runtime for long jobs) the pacer polls at its
+    end — detection is then at most that late; until then it probes inside the
+    window, which either finds the job finished or narrows it again. A job whose
+    progress contradicts the model (resumed watches, bursty algorithms) falls
+    back to plain backoff.
     """
+
+    #: where inside an unresolved window to probe (0 = its start, 1 = its end)
+    PROBE = 0.45
+    ABSOLUTE_TOLERANCE = 0.5
+    RELATIVE_TOLERANCE = 0.1
 
     def __init__(self, policy: WatchPolicy, now: float):
         self.policy = policy
         self.started = now
-        self.previous_poll = now
         self.backoff = policy.first_interval
-        self.expected_end: dict[str, float] = {}
+        # per job: progress value → (first time seen, last time seen)
+        self.sightings: dict[str, dict[float, tuple[float, float]]] = {}
 
-    def next_interval(self, now: float, changes: list[tuple[JobStatus, JobStatus]],
-                      pending: Sequence[str] = ()) -> float:
+    def next_interval(self, now: float, changes: Sequence[tuple[JobStatus, JobStatus]],
+                      pending: Mapping[str, JobStatus] | None = None) -> float:
         policy = self.policy
-        state_changed = False
-        for old, new in changes:
-            if new.state != old.state and old.state is not JobState.SUBMITTED:
-                state_changed = True
-            if (new.state is JobState.RUNNING and new.progress and 0 < new.progress < 100
-                    and new.progress > (old.progress or 0)):
-                reached = (self.previous_poll + now) / 2
-                end = self.started + (reached - self.started) * 100.0 / new.progress
-                self.expected_end[new.job_id] = end + max(0.2, 0.03 * (end - now))  # land just after it
-        self.previous_poll = now
-        ahead = [self.expected_end[j] - now for j in pending if self.expected_end.get(j, now) > now]
-        if ahead:
-            self.backoff = policy.first_interval  # once the estimate passes, poll fast
-            return min(max(min(ahead), policy.first_interval), policy.max_interval)
+        pending = pending or {}
+        for status in pending.values():
+            self._sight(status, now)
+        state_changed = any(new.state != old.state and old.state is not JobState.SUBMITTED
+                            for old, new in changes)
+        waits = [w for w in (self._wait_for(job_id, now) for job_id in pending) if w is not None]
+        if waits:
+            self.backoff = policy.first_interval  # once a window has passed, poll fast
+            return min(max(min(waits), 0.05), policy.max_interval)
         if state_changed:
             self.backoff = policy.first_interval
         interval = self.backoff
         self.backoff = min(self.backoff * policy.backoff_factor, policy.max_interval)
         return interval
+
+    def _sight(self, status: JobStatus, now: float) -> None:
+        if status.state is not JobState.RUNNING or status.progress is None:
+            self.sightings.pop(status.job_id, None)
+            return
+        seen = self.sightings.setdefault(status.job_id, {})
+        first, _ = seen.get(status.progress, (now, now))
+        seen[status.progress] = (first, now)
+
+    def end_window(self, job_id: str) -> tuple[float, float] | None:
+        """Earliest and latest end consistent with the progress seen, or None."""
+        seen = self.sightings.get(job_id)
+        values = sorted(p for p in seen or () if 0 < p < 100)
+        if not seen or not values:
+            return None
+        step = min(b - a for a, b in zip([0.0, *values], values))
+        earliest, latest = 0.0, float("inf")
+        for progress, (first, last) in seen.items():
+            earliest = max(earliest, (last - self.started) * 100.0 / min(100.0, progress + step))
+            if progress > 0:
+                latest = min(latest, (first - self.started) * 100.0 / progress)
+        if earliest > latest:
+            return None
+        return self.started + earliest, self.started + latest
+
+    def _wait_for(self, job_id: str, now: float) -> float | None:
+        window = self.end_window(job_id)
+        if window is None or window[1] <= now:
+            return None
+        earliest, latest = max(window[0], now), window[1]
+        tolerance = max(self.ABSOLUTE_TOLERANCE, self.RELATIVE_TOLERANCE * (earliest - self.started))
+        target = latest if latest - earliest <= tolerance else earliest + self.PROBE * (latest - earliest)
+        return target - now + 0.02  # land just after it
 
 
 class WatchReporter:
@@ -337,7 +376,8 @@ async def watch(
         await reporter.progress(statuses)
         if all(statuses[i].state.terminal for i in ids):
             break
-        interval = pacer.next_interval(clock(), changes, [i for i in ids if not statuses[i].state.terminal])
+        interval = pacer.next_interval(
+            clock(), changes, {i: statuses[i] for i in ids if not statuses[i].state.terminal})
         if deadline is not None and clock() >= deadline:
             raise WatchDeadlineExceeded(_deadline_text(adapter, policy, statuses), statuses)
         if deadline is not None:

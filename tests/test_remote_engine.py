@@ -104,7 +104,8 @@ class Stepping(RemoteJobAdapter):
 @pytest.mark.parametrize("duration", [2.0, 7.0, 10.0, 30.0, 120.0, 600.0])
 def test_progress_is_extrapolated_to_poll_near_the_end(duration):
     """Detection at most 1 s late (10 % of the runtime for long jobs), with about as many
-    polls as owslib's fixed 5 s sleep (duration/5 + 1) for short jobs and far fewer for long ones."""
+    polls as owslib's fixed 5 s sleep (duration/5 + 1) for short jobs and far fewer for long ones;
+    a 10 s job is seen ending within 0.5 s in 5 polls."""
     time = VirtualTime()
     adapter = Stepping(time, duration)
     asyncio.run(watch(adapter, ["a"], WatchPolicy(), sleep=time.sleep, clock=time.clock))
@@ -112,6 +113,26 @@ def test_progress_is_extrapolated_to_poll_near_the_end(duration):
     assert adapter.polls <= duration / 5 + 3
     if duration >= 120:
         assert adapter.polls <= 0.75 * (duration / 5 + 1)
+    if duration == 10.0:
+        assert time.now - duration <= 0.5 and adapter.polls <= 5
+
+
+def test_progress_that_stalls_falls_back_to_backoff_instead_of_a_busy_loop():
+    """Stuck at 80 % for ten minutes: the end window passes, then polls back off to the cap."""
+    time = VirtualTime()
+    script = [{"a": ("running", 0)}, {"a": ("running", 20)}, {"a": ("running", 40)}] + [{"a": ("running", 80)}] * 200
+
+    class Stalled(Scripted):
+        async def poll(self, job_ids):
+            if time.now > 600:
+                return {"a": JobStatus("a", JobState.SUCCEEDED, 100)}
+            return await super().poll(job_ids)
+
+    adapter = Stalled(script)
+    asyncio.run(watch(adapter, ["a"], WatchPolicy(), sleep=time.sleep, clock=time.clock))
+    assert len(adapter.polls) <= 600 / 10 + 15
+    assert min(time.sleeps) >= 0.05
+    assert time.sleeps[-20:] == [10.0] * 20
 
 
 def test_polls_are_bulk_and_only_for_unfinished_jobs():
