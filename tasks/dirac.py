@@ -199,11 +199,17 @@ class DiracX(Block):
                                "expires_on": 0}, handle)
                 self._private_credentials = path
             return self._private_credentials
-        path = Path(self.credentials_path or os.environ.get(
-            "DIRACX_CREDENTIALS_PATH", "~/.cache/diracx/credentials.json")).expanduser()
+        path = self.credentials_target()
         if not path.is_file():
             raise ValueError(f"credentials_path: {path} does not exist; run `dirac login` or set refresh_token")
         return path
+
+    def credentials_target(self) -> Path:
+        """Where this block's credentials file is (or will be, after a device login)."""
+        if self.refresh_token is not None:
+            return self.credentials_file()
+        return Path(self.credentials_path or os.environ.get(
+            "DIRACX_CREDENTIALS_PATH", "~/.cache/diracx/credentials.json")).expanduser()
 
     def usable_credentials(self) -> Path:
         """The credentials file, refusing one whose token expired with nothing to renew it."""
@@ -219,6 +225,22 @@ class DiracX(Block):
                 f"credentials_path: the DiracX access token in {path} expired at {when} and there is no refresh "
                 "token to renew it; run `dirac login` again (or set refresh_token on the block)")
         return path
+
+    def expire_access_token(self) -> bool:
+        """Mark the access token expired so the client refreshes it on its next request.
+
+        For a 401 on a token the client still believes valid (revoked, server key
+        rotated). False when there is no refresh token: nothing could renew it."""
+        from diracx.core.models import TokenResponse
+        from diracx.core.utils import read_credentials, write_credentials
+
+        path = self.credentials_file()
+        current = read_credentials(path)
+        if not current.refresh_token:
+            return False
+        write_credentials(TokenResponse(access_token=current.access_token, expires_in=0, token_type="Bearer",
+                                        refresh_token=current.refresh_token), location=path)
+        return True
 
     def client(self) -> Any:
         """A new `AsyncDiracClient` with explicit preferences (no process-wide environment)."""
@@ -240,7 +262,7 @@ class ExpiredCredentials(ValueError):
 
 # -- the adapter ---------------------------------------------------------------------------------
 
-def _service_error(exc: BaseException) -> BaseException:
+def engine_error(exc: BaseException) -> BaseException:
     """azure-core and httpx2 (diracx-client's HTTP stack) errors → the engine's
     transient / credentials vocabulary."""
     import httpx2
@@ -283,10 +305,13 @@ class DiracAdapter(RemoteJobAdapter):
             async with self.block.client() as api:
                 return await action(api)
         except Exception as exc:
-            mapped = _service_error(exc)
+            mapped = engine_error(exc)
             if mapped is exc:
                 raise
             raise mapped from None
+
+    async def renew_credentials(self) -> bool:
+        return await asyncio.to_thread(self.block.expire_access_token)
 
     async def statuses(self, job_ids: Sequence[str | int]) -> dict[str, dict[str, Any]]:
         """Status rows of many jobs, walking pages beyond the server's cap."""
@@ -452,7 +477,8 @@ async def collect(block: DiracX, job_ids: Sequence[int], destination: str | Path
     return await block.job_adapter().call(everything)
 
 
-def _diracx(block: DiracX | str) -> DiracX:
+def diracx_block(block: DiracX | str) -> DiracX:
+    """The block itself, or the saved block of that name."""
     return block if isinstance(block, DiracX) else DiracX.load(block, _sync=True)  # type: ignore[call-arg]
 
 
@@ -460,7 +486,7 @@ def _diracx(block: DiracX | str) -> DiracX:
 @redact_errors
 async def submit_jobs(diracx: DiracX | str, jobs: Sequence[DiracJob]) -> list[int]:
     """Submit jobs (parametric ones expand to one job per parameter); never twice per flow run."""
-    return await submit(_diracx(diracx), jobs)
+    return await submit(diracx_block(diracx), jobs)
 
 
 @task(name="dirac-wait", retries=3, retry_delay_seconds=[60, 300, 900], retry_condition_fn=retry_if_watch_may_recover)
@@ -468,7 +494,7 @@ async def submit_jobs(diracx: DiracX | str, jobs: Sequence[DiracJob]) -> list[in
 async def wait_for_jobs(diracx: DiracX | str, job_ids: Sequence[int],
                         policy: WatchPolicy | None = None) -> dict[str, JobStatus]:
     """Wait for every job with ONE status request per cycle (progress, events, table in the UI)."""
-    adapter = _diracx(diracx).job_adapter()
+    adapter = diracx_block(diracx).job_adapter()
     return await watch(adapter, [str(j) for j in job_ids], policy, PrefectReporter(adapter, "DIRAC jobs"))
 
 
@@ -477,20 +503,20 @@ async def wait_for_jobs(diracx: DiracX | str, job_ids: Sequence[int],
 async def fetch_job_outputs(diracx: DiracX | str, job_ids: Sequence[int],
                             destination: str = "dirac-outputs") -> list[JobOutput]:
     """Download every job's output sandbox into `<destination>/<job id>/`."""
-    return await collect(_diracx(diracx), job_ids, destination)
+    return await collect(diracx_block(diracx), job_ids, destination)
 
 
 @task(name="dirac-resubmit")
 @redact_errors
 async def resubmit_jobs(diracx: DiracX | str, job_ids: Sequence[int], attempt: int = 1) -> dict[int, int]:
     """Submit failed jobs again as new jobs; returns {old id: new id}."""
-    return await resubmit(_diracx(diracx), job_ids, attempt)
+    return await resubmit(diracx_block(diracx), job_ids, attempt)
 
 
 @task(name="dirac-kill")
 @redact_errors
 async def kill_jobs(diracx: DiracX | str, job_ids: Sequence[int]) -> dict[str, str]:
     """Kill jobs; returns each job's status as the server reports it afterwards."""
-    statuses = await _diracx(diracx).job_adapter().cancel([str(j) for j in job_ids])
+    statuses = await diracx_block(diracx).job_adapter().cancel([str(j) for j in job_ids])
     return {job: status.detail.get("status", status.state.value) for job, status in statuses.items()}
 

@@ -223,9 +223,14 @@ class DiracXPeer:
 
 
 @pytest.fixture(scope="session")
-def diracx_process():
-    peer = start_peer("diracx", "diracx_peer.py", "--vo", "egi.test:egi_user:alice", "--vo", "vo.second.eu:second_user:bob",
-                      timeout=120)
+def diracx_process(checkin_process):
+    """A real DiracX server; its users log in through our Check-in peer (alice has her Check-in sub)."""
+    from deployments.sandbox.checkin_peer import DEFAULT_USERS
+
+    alice = DEFAULT_USERS["alice"]["sub"]
+    peer = start_peer("diracx", "diracx_peer.py", "--vo", f"egi.test:egi_user:alice:{alice}",
+                      "--vo", "vo.second.eu:second_user:bob", "--idp-url", checkin_process.info["issuer"],
+                      "--idp-client-id", "diracx", timeout=120)
     yield peer
     peer.stop()
 

@@ -81,3 +81,53 @@ def test_lifetime_and_counters_are_configurable(checkin, http):
                      auth=(checkin.client_id, checkin.client_secret)).json()
     assert body["expires_in"] == 30
     assert checkin.refresh_grants() == 1 and checkin.token_requests() == 1
+
+
+def test_authorization_code_with_pkce(checkin, http):
+    """What DiracX's device-flow login needs: code + PKCE S256 for a public client, an id_token,
+    single-use codes, exact redirect_uri, and no redirect to an unregistered URI."""
+    import base64
+    import hashlib
+    from urllib.parse import parse_qs, urlsplit
+
+    from joserfc import jwt
+    from joserfc.jwk import KeySet
+
+    auth = f"{checkin.issuer}/protocol/openid-connect/auth"
+    redirect = "http://127.0.0.1:9/complete"
+    verifier = "v" * 50
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    query = {"response_type": "code", "client_id": "diracx", "redirect_uri": redirect, "scope": "openid profile",
+             "state": "abc==", "code_challenge": challenge, "code_challenge_method": "S256"}
+
+    def authorize(**changes) -> dict:
+        answer = http.get(auth, params={**query, **changes}, follow_redirects=False)
+        assert answer.status_code == 302, answer.text
+        assert answer.headers["location"].startswith(redirect + "?")
+        return {k: v[0] for k, v in parse_qs(urlsplit(answer.headers["location"]).query).items()}
+
+    def redeem(code: str, **changes):
+        form = {"grant_type": "authorization_code", "client_id": "diracx", "code": code,
+                "code_verifier": verifier, "redirect_uri": redirect, **changes}
+        return http.post(token_url(checkin), data=form)
+
+    granted = authorize()
+    assert granted["state"] == "abc=="
+    assert redeem(granted["code"], code_verifier="w" * 50).json()["error_description"].startswith("PKCE")
+    granted = authorize()
+    assert redeem(granted["code"], redirect_uri=redirect + "x").json()["error_description"] == "Incorrect redirect_uri"
+    granted = authorize()
+    tokens = redeem(granted["code"]).json()
+    assert tokens["access_token"] and tokens["token_type"] == "Bearer"
+    keys = KeySet.import_key_set(http.get(f"{checkin.issuer}/protocol/openid-connect/certs").json())
+    claims = jwt.decode(tokens["id_token"], keys, algorithms=["RS256"]).claims
+    assert claims["iss"] == checkin.issuer and claims["aud"] == "diracx" and claims["preferred_username"] == "alice"
+    assert redeem(granted["code"]).json()["error"] == "invalid_grant"  # single use
+
+    assert authorize(code_challenge_method="plain")["error"] == "invalid_request"  # public clients need S256
+    assert authorize(response_type="token")["error"] == "unsupported_response_type"
+    refused = http.get(auth, params={**query, "redirect_uri": "https://evil.example/cb"}, follow_redirects=False)
+    assert refused.status_code == 400 and "location" not in refused.headers
+    checkin.configure(browser_user="bob")
+    code = authorize()["code"]
+    assert jwt.decode(redeem(code).json()["id_token"], keys, algorithms=["RS256"]).claims["preferred_username"] == "bob"

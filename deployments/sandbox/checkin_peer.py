@@ -4,8 +4,10 @@ No PyPI package fits (see shared notes): this one speaks what Check-in's
 Keycloak speaks, at the same paths under `/auth/realms/egi`:
 
 - discovery, JWKS (RS256), userinfo, token introspection, revocation;
-- token endpoint grants `refresh_token`, RFC 8693 token exchange and
-  `client_credentials`, with client authentication by HTTP Basic or form
+- the authorization endpoint (authorization code + PKCE S256) that approves
+  the peer's "browser user" at once — what a device-flow login (DiracX) needs;
+- token endpoint grants `authorization_code` (with an `id_token`),
+  `refresh_token`, RFC 8693 token exchange and `client_credentials`, with client authentication by HTTP Basic or form
   fields (both at once, as EGI's scripts send them, is accepted when they agree),
   and RFC 6749 error bodies (`invalid_grant`, `invalid_client`, …);
 - access tokens are RS256 JWTs with Check-in's claims and a lifetime you choose,
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import secrets
 import ssl
@@ -32,7 +35,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -67,7 +70,10 @@ DEFAULT_USERS = {
 DEFAULT_CLIENTS = {
     "prefect-egi": {"secret": "prefect-egi-client-secret", "exchange": True},
     "public-cli": {"secret": None, "exchange": False},
+    # DiracX logs its users in through Check-in as a public client (authorization code + PKCE)
+    "diracx": {"secret": None, "exchange": False, "redirect_prefixes": ["http://127.0.0.1:", "http://localhost:"]},
 }
+CODE_LIFETIME = 60
 
 
 @dataclass
@@ -79,6 +85,19 @@ class Grant:
     scope: str
     expires_at: float
     revoked: bool = False
+
+
+@dataclass
+class AuthorizationCode:
+    """What an authorization code stands for, until it is redeemed (once)."""
+
+    user: str
+    client_id: str
+    redirect_uri: str
+    scope: str
+    challenge: str | None
+    nonce: str | None
+    expires_at: float
 
 
 @dataclass
@@ -97,6 +116,8 @@ class PeerState:
     users: dict[str, dict[str, Any]] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_USERS)))
     clients: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_CLIENTS))
     grants: dict[str, Grant] = field(default_factory=dict)
+    codes: dict[str, AuthorizationCode] = field(default_factory=dict)
+    browser_user: str = "alice"  # who is "logged in" at the authorization endpoint
     revoked_jti: set[str] = field(default_factory=set)
     counters: Counter[str] = field(default_factory=Counter)
     faults: dict[str, Fault] = field(default_factory=dict)
@@ -152,6 +173,16 @@ class PeerState:
 
     def user_of(self, claims: dict[str, Any]) -> str | None:
         return next((name for name, p in self.users.items() if p["sub"] == claims.get("sub")), None)
+
+    def id_token(self, user: str, client_id: str, nonce: str | None) -> str:
+        now = int(time.time())
+        profile = self.users[user]
+        claims = {"iss": self.issuer, "sub": profile["sub"], "aud": client_id, "azp": client_id, "iat": now,
+                  "exp": now + self.access_token_lifetime, "auth_time": now, "typ": "ID",
+                  "preferred_username": user, "name": profile.get("name", user), "email": profile.get("email")}
+        if nonce:
+            claims["nonce"] = nonce
+        return jwt.encode({"alg": "RS256", "typ": "JWT", "kid": self.key.kid}, claims, self.key)
 
     def token_response(self, user: str, client_id: str, scope: str, refresh: bool = True) -> dict[str, Any]:
         access, lifetime = self.access_token(user, client_id, scope)
@@ -254,6 +285,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, {"keys": [self.state.key.as_dict(private=False)]})
         if path == f"{OIDC}/userinfo":
             return self.userinfo()
+        if path == f"{OIDC}/auth":
+            return self.authorize(parse_qs(urlsplit(self.path).query))
         if path == "/_peer/stats":
             with self.state.lock:
                 counters = dict(self.state.counters)
@@ -294,7 +327,9 @@ class Handler(BaseHTTPRequestHandler):
             "userinfo_endpoint": f"{issuer}/protocol/openid-connect/userinfo",
             "revocation_endpoint": f"{issuer}/protocol/openid-connect/revoke",
             "jwks_uri": f"{issuer}/protocol/openid-connect/certs",
-            "grant_types_supported": ["refresh_token", EXCHANGE_GRANT, "client_credentials"],
+            "grant_types_supported": ["authorization_code", "refresh_token", EXCHANGE_GRANT, "client_credentials"],
+            "response_types_supported": ["code"],
+            "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "scopes_supported": DEFAULT_SCOPE.split() + ["email"],
@@ -307,6 +342,8 @@ class Handler(BaseHTTPRequestHandler):
         grant_type = form.get("grant_type", "")
         state.count(f"grant {grant_type}")
         with state.lock:
+            if grant_type == "authorization_code":
+                return self.redeem(form, client_id)
             if grant_type == "refresh_token":
                 grant = state.grants.get(form.get("refresh_token", ""))
                 if grant is None or grant.revoked or grant.expires_at < time.time():
@@ -342,6 +379,51 @@ class Handler(BaseHTTPRequestHandler):
                 state.users.setdefault(service_user, {"sub": uuid.uuid5(uuid.NAMESPACE_URL, client_id).hex, "eduperson_entitlement": []})
                 return state.token_response(service_user, client_id, form.get("scope") or "openid", refresh=False)
         raise OAuthError(400, "unsupported_grant_type", f"Unsupported grant_type {grant_type!r}")
+
+    def authorize(self, query: dict[str, list[str]]) -> None:
+        """The authorization endpoint: the browser user is logged in and consents at once."""
+        arg = {k: v[-1] for k, v in query.items()}
+        state = self.state
+        client = state.clients.get(arg.get("client_id", ""))
+        redirect = arg.get("redirect_uri", "")
+        if client is None or not any(redirect.startswith(p) for p in client.get("redirect_prefixes", [])):
+            # never redirect to an unregistered URI: answer the browser instead (as Keycloak does)
+            return self._send(400, {"error": "invalid_request", "error_description": "Invalid client or redirect_uri"})
+        answer = {"state": arg["state"]} if "state" in arg else {}
+        if arg.get("response_type") != "code":
+            answer.update(error="unsupported_response_type")
+        elif client["secret"] is None and arg.get("code_challenge_method") != "S256":
+            answer.update(error="invalid_request", error_description="Missing parameter: code_challenge_method")
+        else:
+            code = secrets.token_urlsafe(32)
+            with state.lock:
+                state.codes[code] = AuthorizationCode(
+                    state.browser_user, arg["client_id"], redirect, arg.get("scope", "openid"),
+                    arg.get("code_challenge"), arg.get("nonce"), time.time() + CODE_LIFETIME)
+            answer.update(code=code)
+        separator = "&" if "?" in redirect else "?"
+        self.send_response(302)
+        self.send_header("Location", redirect + separator + urlencode(answer))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def redeem(self, form: dict[str, str], client_id: str) -> dict[str, Any]:
+        """`authorization_code` grant: single-use code, same client and redirect, PKCE verifier."""
+        state = self.state
+        grant = state.codes.pop(form.get("code", ""), None)
+        if grant is None or grant.expires_at < time.time() or grant.client_id != client_id:
+            raise OAuthError(400, "invalid_grant", "Code not valid")
+        if form.get("redirect_uri") != grant.redirect_uri:
+            raise OAuthError(400, "invalid_grant", "Incorrect redirect_uri")
+        if grant.challenge is not None:
+            verifier = form.get("code_verifier", "")
+            digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+            if digest != grant.challenge:
+                raise OAuthError(400, "invalid_grant", "PKCE verification failed: Code mismatch")
+        body = state.token_response(grant.user, client_id, grant.scope)
+        if "openid" in grant.scope.split():
+            body["id_token"] = state.id_token(grant.user, client_id, grant.nonce)
+        return body
 
     def userinfo(self) -> None:
         claims = self.state.decode(self._bearer() or "")
@@ -399,6 +481,8 @@ class Handler(BaseHTTPRequestHandler):
                 for name in ("access_token_lifetime", "refresh_token_lifetime"):
                     if name in form:
                         setattr(state, name, int(form[name]))
+                if "browser_user" in form:
+                    state.browser_user = form["browser_user"]
                 return {"access_token_lifetime": state.access_token_lifetime}
             if action == "fault":
                 endpoint = form["endpoint"]
@@ -408,6 +492,7 @@ class Handler(BaseHTTPRequestHandler):
                 state.counters.clear()
                 state.faults.clear()
                 state.access_token_lifetime = state.default_access_token_lifetime
+                state.browser_user = "alice"
                 return {"ok": True}
             if action == "user":
                 state.users[form["name"]] = form["profile"]

@@ -2,12 +2,15 @@
 
 uvicorn serving `diracx.testing.routers:create_app` (SQLite databases, the
 job-parameters DB on SQLite too), a git configuration repository with one VO,
-and moto as the S3 sandbox store. No identity provider is needed for tests:
+and moto as the S3 sandbox store. Most tests need no identity provider:
 access tokens are minted with the server's own signing key and written into
 DiracX credentials files (what `dirac login` writes):
 
 - a user (NormalUser) — what flows use;
 - a "pilot" (JobAdministrator) — what the test pilot uses to move jobs.
+
+With `--idp-url` (our Check-in peer's issuer) and a user's Check-in `sub` in
+`--vo VO:GROUP:USER:SUB`, the device-flow login (`dirac login`) works end to end.
 
 Run: `python diracx_peer.py` prints one JSON line (URL, VO, group, credentials
 files) and supervises the two servers until terminated.
@@ -75,7 +78,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--workdir", help="kept across restarts (databases, config, keys)")
-    parser.add_argument("--vo", action="append", help="VO[:group[:user]] to create (default egi.test:egi_user:alice)")
+    parser.add_argument("--vo", action="append",
+                        help="VO[:group[:user[:sub]]] to create (default egi.test:egi_user:alice); sub = the user's "
+                             "subject at the identity provider")
+    parser.add_argument("--idp-url", default="https://x.invalid", help="the VOs' OIDC issuer (device-flow login)")
+    parser.add_argument("--idp-client-id", default="diracx", help="DiracX's client id at that issuer")
     parser.add_argument("--token-lifetime", type=int, default=7 * 24 * 3600)
     args = parser.parse_args(argv)
 
@@ -86,8 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     url = f"http://127.0.0.1:{port}"
     vos = []
     for spec in args.vo or ["egi.test:egi_user:alice"]:
-        vo, group, user = (spec.split(":") + ["", ""])[:3]
-        vos.append((vo, group or "egi_user", user or "alice"))
+        vo, group, user, sub = (spec.split(":") + ["", "", ""])[:4]
+        user = user or "alice"
+        vos.append((vo, group or "egi_user", user, sub or str(uuid.uuid5(uuid.NAMESPACE_URL, f"{user}@{vo}"))))
     python = sys.executable
     users = []
     if fresh:
@@ -95,10 +103,9 @@ def main(argv: list[str] | None = None) -> None:
         (root / "db").mkdir(parents=True, exist_ok=True)
         run(python, "-m", "diracx.logic", "rotate-jwk", "--jwks-path", str(root / "keystore" / "jwks.json"))
         run(bin_path("dirac"), "internal", "generate-cs", str(root / "cs" / "repo"))
-        for vo, group, user in vos:
+        for vo, group, user, sub in vos:
             run(bin_path("dirac"), "internal", "add-vo", str(root / "cs" / "repo"), f"--vo={vo}",
-                "--idp-url=https://x.invalid", "--idp-client-id=x", f"--default-group={group}")
-            sub = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{user}@{vo}"))
+                f"--idp-url={args.idp_url}", f"--idp-client-id={args.idp_client_id}", f"--default-group={group}")
             run(bin_path("dirac"), "internal", "add-user", str(root / "cs" / "repo"), f"--vo={vo}",
                 f"--group={group}", f"--sub={sub}", f"--preferred-username={user}")
         (root / "state.json").write_text(json.dumps({"vos": vos}))
@@ -164,8 +171,7 @@ def main(argv: list[str] | None = None) -> None:
 
     jwks = root / "keystore" / "jwks.json"
     credentials = {}
-    for vo, group, name in vos:
-        sub = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{name}@{vo}"))
+    for vo, group, name, sub in vos:
         user = mint(jwks, url, vo, group, name, sub, ["NormalUser"], args.token_lifetime)
         pilot = mint(jwks, url, vo, group, name, sub, ["NormalUser", "JobAdministrator"], args.token_lifetime)
         credentials[vo] = {
