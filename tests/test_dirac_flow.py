@@ -89,3 +89,34 @@ def test_batch_flow_reports_jobs_that_keep_failing(prefect_db, diracx, tmp_path)
     assert (report.submitted, report.resubmitted, report.succeeded) == (2, 2, 0)
     assert {(f.status, f.minor_status) for f in report.failed} == {("Failed", "Application Finished With Errors")}
     assert "| failed job | status | minor status |" in report.markdown()
+
+
+def test_batch_against_a_pilot_process_that_fails_a_share_of_runs(prefect_db, diracx, tmp_path):
+    """The stand-alone pilot (what the sandbox runs) fails 30 % of all runs: every job ends
+    Done or reported Failed, the counts agree with the pilot's, and nothing is submitted twice."""
+    import json
+
+    from deployments.sandbox.peers import start_peer
+    from flows.dirac import dirac_batch
+
+    name = f"dx-{uuid.uuid4().hex[:8]}"
+    diracx.block().save(name, overwrite=True)
+    group = f"rate-{uuid.uuid4().hex[:6]}"
+    stats = tmp_path / "pilot-stats.json"
+    pilot = start_peer("pilot", "dirac_pilot.py", "--url", diracx.url, "--credentials",
+                       diracx.vos[diracx.vo]["pilot"], "--workdir", str(tmp_path / "pilot"), "--job-group", group,
+                       "--duration", "0.2", "--failure-rate", "0.3", "--seed", "7", "--stats", str(stats))
+    before = diracx.job_count()
+    try:
+        job = DiracJob(executable="echo", arguments="%s", parameters=list(range(20)), job_group=group)
+        report = asyncio.run(dirac_batch(job, diracx_block=name, destination=str(tmp_path / "out"),
+                                         max_resubmissions=2))
+    finally:
+        pilot.stop()
+    outcomes = json.loads(stats.read_text())
+    assert report.submitted == 20 and report.succeeded + len(report.failed) == 20
+    assert outcomes["Failed"] > 0 and report.resubmitted > 0  # the rate did bite
+    assert outcomes["Done"] == report.succeeded
+    assert outcomes["Failed"] == report.resubmitted + len(report.failed)
+    assert diracx.job_count() == before + 20 + report.resubmitted  # one new job per resubmission, no more
+    assert len(report.outputs) == report.succeeded
