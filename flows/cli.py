@@ -165,6 +165,55 @@ def token_vos(
         typer.echo("No VO membership found.", err=True)
 
 
+DIRAC_HELP = """Work with DIRAC through DiracX.
+
+`login` gets DiracX credentials with the OAuth device flow (what `dirac login`
+does): it prints a link, you approve it at your identity provider (EGI
+Check-in), and the credentials file is written (mode 0600) where the DiracX
+block — or `dirac` itself — reads it.
+"""
+dirac_app = typer.Typer(help=DIRAC_HELP, no_args_is_help=True)
+app.add_typer(dirac_app, name="dirac")
+
+
+@dirac_app.command("login")
+def dirac_login_command(
+    block: Annotated[Optional[str], typer.Option("--block", help="A saved DiracX block: its server, VO, group and credentials file.")] = None,
+    url: Annotated[Optional[str], typer.Option("--url", envvar="DIRACX_URL", help="DiracX server URL (without --block).")] = None,
+    vo: Annotated[Optional[str], typer.Option("--vo", help="Virtual organisation (without --block).")] = None,
+    group: Annotated[Optional[str], typer.Option("--group", help="DIRAC group (default: the VO's default group).")] = None,
+    credentials_path: Annotated[Optional[str], typer.Option("--credentials-path", help="Where to write the credentials (default: DiracX's own, ~/.cache/diracx/credentials.json).")] = None,
+    deadline: Annotated[float, typer.Option("--deadline", help="Seconds to wait for your approval.")] = 600.0,
+) -> None:
+    """Log in to DiracX: open the printed link, approve, and the credentials are saved.
+
+    Example: egi-flows dirac login --url https://diracx.example.org --vo biomed
+    """
+    import asyncio
+
+    from tasks.dirac import DiracX
+    from tasks.dirac_login import DiracLoginFailed, device_login
+
+    if block:
+        target = DiracX.load(block, _sync=True)  # type: ignore[call-arg]
+    elif url and vo:
+        target = DiracX(url=url, vo=vo, group=group, credentials_path=credentials_path)
+    else:
+        typer.echo("Give --block NAME, or --url and --vo.", err=True)
+        raise typer.Exit(2)
+
+    def show(code) -> None:
+        typer.echo(f"Open {code.verification_uri_complete}")
+        typer.echo(f"and approve the login (user code {code.user_code}) within {code.expires_in} s.")
+
+    try:
+        path = asyncio.run(device_login(target, deadline_seconds=deadline, on_code=show))
+    except (DiracLoginFailed, ValueError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Logged in to {target.url} as a member of {target.vo}; credentials saved to {path}")
+
+
 def main() -> None:
     app()
 

@@ -158,3 +158,34 @@ def test_the_login_task_shows_the_link_as_an_artifact(diracx, tmp_path, prefect_
     dump = database_bytes(prefect_db)
     for secret in (saved["access_token"], saved["refresh_token"]):
         assert secret.encode() not in dump
+
+
+def test_egi_flows_dirac_login_prints_the_link_and_saves_credentials(diracx, tmp_path):
+    """The command a researcher types: read the link it prints, approve, get the file."""
+    import os
+    import subprocess
+    import sys
+
+    target = tmp_path / "cli-credentials.json"
+    command = [sys.executable, "-m", "flows.cli", "dirac", "login", "--url", diracx.url, "--vo", diracx.vo,
+               "--credentials-path", str(target), "--deadline", "60"]
+    env = dict(os.environ, PYTHONPATH=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as cli:
+        first = cli.stdout.readline()
+        assert first.startswith("Open http://127.0.0.1"), first + cli.stderr.read()
+        with httpx.Client(follow_redirects=True, timeout=30) as browser:
+            assert browser.get(first.split()[1]).status_code == 200
+        out, err = cli.communicate(timeout=60)
+    assert cli.returncode == 0, err
+    assert f"credentials saved to {target}" in out
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert json.loads(target.read_text())["refresh_token"] not in out + err
+
+
+def test_egi_flows_dirac_login_needs_a_server_and_a_vo():
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["dirac", "login", "--vo", "biomed"])
+    assert result.exit_code == 2 and "Give --block NAME, or --url and --vo." in result.output
