@@ -66,6 +66,17 @@ class CheckinPeer:
     def stats(self) -> dict[str, int]:
         return self.process.stats()
 
+    def credentials(self, user: str = "alice", **fields):
+        """CheckinCredentials as a researcher saves them: a refresh token and the client (no env, no files)."""
+        from pydantic import SecretStr
+
+        from tasks.checkin import CheckinCredentials
+
+        refresh = self.login(user)["refresh_token"]
+        return CheckinCredentials(issuer=self.issuer, client_id=self.client_id,
+                                  client_secret=SecretStr(self.client_secret), refresh_token=SecretStr(refresh),
+                                  use_environment=False, token_files=[], **fields)
+
     def refresh_grants(self) -> int:
         return self.stats().get("grant refresh_token", 0)
 
@@ -238,3 +249,19 @@ def diracx_process(checkin_process):
 @pytest.fixture
 def diracx(diracx_process) -> DiracXPeer:
     return DiracXPeer(diracx_process)
+
+
+@pytest.fixture(scope="session")
+def notebooks_process(checkin_process):
+    """A real JupyterHub behind an EGI-like `/services/jwt` front that trusts our Check-in peer."""
+    peer = start_peer("notebooks", "notebooks_peer.py", "--issuer", checkin_process.info["issuer"],
+                      "--spawn-seconds", "1.0", timeout=60)
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def notebooks(notebooks_process, checkin) -> PeerProcess:
+    """The Notebooks peer with its counters (and the front's hub-token cache) reset."""
+    notebooks_process.control("reset")
+    return notebooks_process
