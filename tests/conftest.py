@@ -265,3 +265,33 @@ def notebooks(notebooks_process, checkin) -> PeerProcess:
     """The Notebooks peer with its counters (and the front's hub-token cache) reset."""
     notebooks_process.control("reset")
     return notebooks_process
+
+
+# FedCloud sites of the OpenStack peer: one healthy with the VO (its project named differently,
+# as sites do), one without the VO, one old Nova (2.1) whose project is found by name, one
+# answering 503, one that never answers.
+ACCESS = "vo.access.egi.eu"
+ACCESS_PROJECT = "d1f3a2b4c5e6f708192a3b4c5d6e7f80"
+SERVERS = 5
+
+
+@pytest.fixture(scope="session")
+def openstack_process(checkin_process):
+    peer = start_peer(
+        "openstack", "openstack_peer.py", "--issuer", checkin_process.info["issuer"],
+        "--site", f"CESNET-MCC:healthy:{ACCESS}={ACCESS_PROJECT}/egi-access,vo.notebooks.egi.eu",
+        "--site", "IFCA-LCG2:healthy:some.other.vo",
+        "--site", f"OLD-CLOUD:healthy:{ACCESS}",
+        "--site", "BROKEN:error", "--site", "BLACKHOLE:hang",
+        "--max-microversion", "OLD-CLOUD=2.1", "--servers", str(SERVERS),
+    )
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def openstack(openstack_process):
+    """The OpenStack peer with counters, faults and modes reset for this test."""
+    openstack_process.control("reset")
+    yield openstack_process
+    openstack_process.control("reset")

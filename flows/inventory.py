@@ -1,0 +1,46 @@
+"""`fedcloud-vm-inventory`: which VMs does my VO have running, on which FedCloud sites?
+
+    from flows.inventory import fedcloud_vm_inventory
+    fedcloud_vm_inventory(vo="vo.access.egi.eu", status=["ACTIVE"])
+
+Every configured site is asked at once (bounded); the UI gets one table of
+VMs (artifact `vm-inventory`) and a markdown summary per site with the reason
+for each site that could not answer (`vm-inventory-sites`). Deployed hourly.
+"""
+
+from typing import Annotated, Optional
+
+from prefect import flow
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from pydantic import Field
+
+from flows._blocks import aload_named
+from tasks.openstack import FedCloud, Inventory, vm_inventory
+from tasks.redaction import redact_errors
+
+
+@flow(name="fedcloud-vm-inventory")
+@redact_errors
+async def fedcloud_vm_inventory(
+    vo: Optional[str] = None,
+    fedcloud_block: str = "fedcloud",
+    sites: Optional[list[str]] = None,
+    status: Optional[list[str]] = None,
+    name_pattern: Annotated[Optional[str], Field(examples=["worker-*"])] = None,
+) -> Inventory:
+    """List the VO's VMs on FedCloud sites; sites that fail are reported, not fatal.
+
+    Args:
+        vo: The VO whose project to look into (default: the block's default_vo).
+        fedcloud_block: Name of the FedCloud block (sites, Check-in credentials).
+        sites: Only these sites (default: every configured site).
+        status: Only VMs in these states, e.g. ACTIVE, SHUTOFF, ERROR.
+        name_pattern: Only VMs whose name matches this glob, e.g. worker-*.
+    """
+    block = await aload_named(FedCloud, fedcloud_block, "fedcloud_block")
+    result = await vm_inventory(block, vo, sites, status, name_pattern)
+    await acreate_table_artifact(result.table(), key="vm-inventory",
+                                 description=f"FedCloud VMs of {result.vo}")
+    await acreate_markdown_artifact(result.markdown(), key="vm-inventory-sites",
+                                    description=f"FedCloud sites asked for {result.vo}")
+    return result
