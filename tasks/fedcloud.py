@@ -148,12 +148,28 @@ def normalise(site: str, project: str, server: Mapping[str, Any], now: datetime 
 
 # -- sessions ---------------------------------------------------------------------------------
 
+def _federation(token: Callable[[], str], site: Site, project_id: str | None) -> Any:
+    """keystoneauth's `v3.OidcAccessToken` that asks `token()` each time it federates,
+    so a re-federation after the Keystone token expired never sends a stale Check-in token."""
+    from keystoneauth1.identity import v3
+
+    class CheckinFederation(v3.OidcAccessToken):
+        def get_unscoped_auth_ref(self, session: Any) -> Any:
+            self.access_token = token()
+            return super().get_unscoped_auth_ref(session)
+
+    return CheckinFederation(auth_url=site.endpoint, identity_provider=site.identity_provider,
+                             protocol=site.protocol, access_token=token(), project_id=project_id)
+
+
 class SitePool:
     """keystoneauth sessions per (site, project), sharing one Check-in token source.
 
     `token()` is called before every use: when the provider has refreshed the
     token, the auth plugin gets it in place and is invalidated, so the next
-    request federates again instead of failing with a stale token.
+    request federates again with it; and every federation (also one keystoneauth
+    starts by itself, mid-listing, when its Keystone token runs out) asks for the
+    current token.
     """
 
     def __init__(self, token: Callable[[], str], timeout: float = 30.0, verify: bool | str = True):
@@ -164,15 +180,13 @@ class SitePool:
 
     def session(self, site: Site, project_id: str | None) -> Any:
         from keystoneauth1 import session as ks_session
-        from keystoneauth1.identity import v3
 
         token = self.token()
         with self._lock:
             sess = self._sessions.get((site.name, project_id))
             if sess is None:
-                auth = v3.OidcAccessToken(auth_url=site.endpoint, identity_provider=site.identity_provider,
-                                          protocol=site.protocol, access_token=token, project_id=project_id)
-                sess = ks_session.Session(auth=auth, timeout=self.timeout, verify=self.verify)
+                sess = ks_session.Session(auth=_federation(self.token, site, project_id), timeout=self.timeout,
+                                          verify=self.verify)
                 self._sessions[(site.name, project_id)] = sess
             elif sess.auth.access_token != token:
                 sess.auth.access_token = token

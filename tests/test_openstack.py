@@ -133,3 +133,45 @@ def test_inventory_flow_shows_a_table_and_a_site_summary(prefect_db, openstack, 
     assert refresh.encode() not in database_bytes(prefect_db)
     missing = asyncio.run(fedcloud_vm_inventory(vo=ACCESS, fedcloud_block="no-such-block", return_state=True))
     assert "fedcloud_block: there is no EGI FedCloud block named 'no-such-block'" in missing.message
+
+
+def test_the_egi_documentation_snippet_shape_through_our_task(openstack, checkin):
+    """EGI's snippet: OidcAccessToken(auth_url, "egi.eu", "openid", project_id, token) → Session →
+    novaclient.servers.list() — the same four values, given inline to our task."""
+    from tasks.openstack import list_servers
+
+    auth_url = openstack.info["sites"]["CESNET-MCC"]["auth_url"]
+    block = FedCloud(checkin=checkin.credentials(), site_config_dirs=[], sites=[
+        Site(name="CESNET-MCC", endpoint=auth_url, identity_provider="egi.eu", protocol="openid",
+             projects={ACCESS: ACCESS_PROJECT})])
+    answer = asyncio.run(list_servers.fn(block, "CESNET-MCC", ACCESS))
+    assert answer.failure is None and answer.project == ACCESS_PROJECT and len(answer.vms) == SERVERS
+
+
+def test_a_hanging_site_costs_its_timeout_not_more(openstack, checkin):
+    import time
+
+    block = fedcloud(openstack, checkin, timeout_seconds=2)
+    started = time.monotonic()
+    result = asyncio.run(vm_inventory.fn(block, vo=ACCESS, sites=["CESNET-MCC", "BLACKHOLE"]))
+    elapsed = time.monotonic() - started
+    assert len(result.vms) == SERVERS and [f.kind for f in result.failures] == ["timeout"]
+    assert elapsed < 2 + 8, f"the hanging site held the inventory for {elapsed:.1f} s"
+
+
+def test_the_token_is_refreshed_mid_inventory_without_a_failure(openstack, checkin):
+    """Check-in tokens of 3 s over a listing slowed to several seconds: the provider refreshes,
+    every federation (ours and keystoneauth's own) uses the fresh token, no site fails.
+    (Each request takes 0.4 s, less than the 1.5 s refresh margin, as latency is less than
+    the margin in real life.)"""
+    checkin.configure(access_token_lifetime=3)
+    block = fedcloud(openstack, checkin, timeout_seconds=10)
+    block.checkin.margin_seconds = 1.5
+    openstack.control("fault", site="CESNET-MCC", status=0, delay=0.4, count=40)
+    before = checkin.refresh_grants()
+    result = asyncio.run(vm_inventory.fn(block, vo=ACCESS, sites=["CESNET-MCC"]))
+    assert result.failures == [] and len(result.vms) == SERVERS
+    assert checkin.refresh_grants() - before >= 2
+    assert openstack.stats()["CESNET-MCC"]["POST federation"] >= 2
+    # (the peer ends Keystone tokens with the Check-in token, so a request slowed past it may get
+    # a 401 that keystoneauth answers by federating again — with the fresh token, as asserted)

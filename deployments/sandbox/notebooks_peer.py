@@ -6,9 +6,10 @@ access token at `/services/jwt/<hub api path>`. This peer runs the same pair on
 
 - the hub: JupyterHub as a child process (sqlite in a temp dir, config generated
   at start-up, which calls `configure_hub` below) with an in-memory proxy (no
-  configurable-http-proxy needed), no login (users are created through the admin
-  API), named servers, and a fake spawner whose "single-user server" is a tiny
-  HTTP responder inside the hub that comes up after `--spawn-seconds`. Start and
+  configurable-http-proxy needed), the shared-password authenticator for its
+  own login page (API users are created through the admin API), named servers,
+  and a fake spawner whose "single-user server" is a tiny HTTP responder inside
+  the hub that comes up after `--spawn-seconds`. Start and
   stop therefore go through the hub's real spawn machinery (pending → ready →
   stopped). `--slow-spawn-timeout` (default 0) is how long the hub's start request
   waits for the spawn: 0 means it answers at once (hub 202, server pending), as
@@ -138,9 +139,12 @@ def configure_hub(c: Any, *, workdir: str, hub_port: int, public_port: int, serv
     c.JupyterHub.cookie_secret_file = f"{workdir}/jupyterhub_cookie_secret"
     c.JupyterHub.proxy_class = MemoryProxy
     c.JupyterHub.spawner_class = FakeSpawner
-    c.JupyterHub.authenticator_class = "null"  # API only: users come from the admin API
+    # the hub's own login page works with one shared password (the notes' recipe); API users come
+    # through the front, which creates them with the admin API
+    c.JupyterHub.authenticator_class = "shared-password"
+    c.SharedPasswordAuthenticator.user_password = secrets.token_urlsafe(16)
     c.Authenticator.admin_users = {admin}
-    c.Authenticator.allow_all = True  # nobody can log in anyway; this only silences the hub's warning
+    c.Authenticator.allow_all = True
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.tornado_settings = {"slow_spawn_timeout": slow_spawn_timeout}
     c.JupyterHub.services = [{"name": SERVICE, "api_token": service_token}]
