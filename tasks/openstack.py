@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +45,7 @@ class FedCloud(Block):
     site_config_dirs: list[str] = Field(
         default_factory=lambda: [SITE_CONFIG_DIR],
         description="Folders of fedcloud-catchall-operations site files (*.yaml).")
-    concurrency: int = Field(default=8, ge=1, le=64, description="Sites asked at the same time.")
+    concurrency: int = Field(default=32, ge=1, le=64, description="Sites asked at the same time (EGI has about 30).")
     timeout_seconds: float = Field(default=30.0, gt=0, description="Timeout of each request to a site.")
     site_deadline_seconds: float = Field(default=120.0, gt=0, description="Give up on one site after this long.")
     verify_tls: bool = Field(default=True, description="Verify the sites' TLS certificates.")
@@ -115,18 +116,23 @@ async def inventory(block: FedCloud, vo: str, site_names: Sequence[str] | None =
     sites = _choose(block, site_names)
     pool = block.pool()
     await asyncio.to_thread(block.checkin.get_access_token)  # one token for all; a missing one fails here, once
-    gate = asyncio.Semaphore(block.concurrency)
+    loop = asyncio.get_running_loop()
+    # keystoneauth and novaclient block: each site gets a thread of a pool sized for the sites
+    # (asyncio's default pool has only cores + 4 threads, which would queue the sites up)
+    threads = ThreadPoolExecutor(max_workers=min(block.concurrency, len(sites)), thread_name_prefix="fedcloud")
 
     async def one(site: Site) -> SiteServers:
-        async with gate:
-            try:
-                return await asyncio.wait_for(asyncio.to_thread(site_servers, pool, site, vo),
-                                              block.site_deadline_seconds)
-            except asyncio.TimeoutError:
-                return SiteServers(site=site.name, failure=SiteFailure(
-                    site=site.name, kind="timeout", message=f"no answer within {block.site_deadline_seconds:.0f} s"))
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(threads, site_servers, pool, site, vo),
+                                          block.site_deadline_seconds)
+        except asyncio.TimeoutError:
+            return SiteServers(site=site.name, failure=SiteFailure(
+                site=site.name, kind="timeout", message=f"no answer within {block.site_deadline_seconds:.0f} s"))
 
-    answers = await asyncio.gather(*(one(site) for site in sites))
+    try:
+        answers = await asyncio.gather(*(one(site) for site in sites))
+    finally:
+        threads.shutdown(wait=False)  # a hung site's thread ends with its request timeout
     return Inventory(vo=vo, sites=list(answers), vms=[vm for answer in answers for vm in answer.vms])
 
 
