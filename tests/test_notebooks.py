@@ -80,3 +80,28 @@ def test_an_expired_token_is_named_in_the_error(notebooks, checkin):
 
 async def _const(value: str) -> str:
     return value
+
+
+@pytest.mark.prefect
+def test_hub_calls_in_a_flow_leave_no_token_in_prefect(prefect_db, notebooks, checkin, capsys):
+    from conftest import database_bytes
+    from prefect import flow
+
+    block = hub(notebooks, checkin, "bob")
+
+    @flow(log_prints=True)
+    async def my_notebook_server() -> str:
+        me = await hub_user(block)
+        server = await start_server(block, deadline_seconds=60)
+        print(f"{me.name} has a server at {server.url}")
+        await stop_server(block, deadline_seconds=60)
+        return me.name
+
+    assert asyncio.run(my_notebook_server()) == "bob"
+    access = block.checkin.get_access_token()
+    refresh = block.checkin.refresh_token.get_secret_value()
+    stored = database_bytes(prefect_db)
+    captured = capsys.readouterr()
+    for secret in (access, refresh):
+        assert secret.encode() not in stored
+        assert secret not in captured.out + captured.err
