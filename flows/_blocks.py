@@ -22,10 +22,3 @@ def load_named(block_class: type[B], name: str, parameter: str) -> B:
         return block_class.load(name, _sync=True)  # type: ignore[call-arg,return-value]
     except ValueError:
         raise _missing(block_class, name, parameter) from None
-
-
-async def aload_named(block_class: type[B], name: str, parameter: str) -> B:
-    try:
-        return await block_class.aload(name)  # type: ignore[return-value]
-    except ValueError:
-        raise _missing(block_class, name, parameter) from None

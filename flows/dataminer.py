@@ -15,7 +15,8 @@ from typing import Annotated, Any
 from prefect import flow
 from pydantic import Field
 
-from flows._blocks import aload_named
+from flows._blocks import load_named
+from flows._sync import run
 from tasks.dataminer import (
     DataMiner,
     DataMinerExecutionFailed,
@@ -36,7 +37,7 @@ from tasks.remote import JobState, WatchPolicy
     on_crashed=[cancel_remote_jobs],
 )
 @redact_errors
-async def dataminer_run(
+def dataminer_run(
     process: str,
     inputs: dict[str, Any] = {},  # noqa: B006 - Prefect copies parameters; shown as {} in the UI form
     dataminer_block: str = "dataminer",
@@ -53,10 +54,10 @@ async def dataminer_run(
         destination: Folder for the downloaded outputs.
         deadline_hours: Give up waiting after this many hours (the job may go on).
     """
-    block = await aload_named(DataMiner, dataminer_block, "dataminer_block")
-    job_id = await execute_process(block, process, inputs)
+    block = load_named(DataMiner, dataminer_block, "dataminer_block")
+    job_id = run(execute_process(block, process, inputs))
     policy = WatchPolicy(deadline=deadline_hours * 3600)
-    final = (await wait_for_executions(block, [job_id], policy))[job_id]
+    final = run(wait_for_executions(block, [job_id], policy))[job_id]
     if final.state is not JobState.SUCCEEDED:
         raise DataMinerExecutionFailed(process, final.message, job_id)
-    return await fetch_outputs(block, job_id, destination, process=process)
+    return run(fetch_outputs(block, job_id, destination, process=process))

@@ -13,10 +13,11 @@ its jobs (the hook runs in the runner's process and reads the run's ledger).
 from typing import Annotated
 
 from prefect import flow
-from prefect.artifacts import acreate_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from flows._blocks import aload_named
+from flows._blocks import load_named
+from flows._sync import run
 from tasks.dirac import DiracJob, DiracX, JobOutput, fetch_job_outputs, resubmit_jobs, submit_jobs, wait_for_jobs
 from tasks.job_ledger import cancel_remote_jobs
 from tasks.redaction import redact_errors
@@ -54,7 +55,7 @@ class DiracBatchReport(BaseModel):
 
 @flow(name="dirac-batch", on_cancellation=[cancel_remote_jobs], on_crashed=[cancel_remote_jobs])
 @redact_errors
-async def dirac_batch(
+def dirac_batch(
     job: DiracJob,
     diracx_block: str = "diracx",
     destination: str = "dirac-outputs",
@@ -70,26 +71,26 @@ async def dirac_batch(
         max_resubmissions: How many times a failed job is submitted again.
         deadline_hours: Give up waiting after this many hours (jobs keep running).
     """
-    block = await aload_named(DiracX, diracx_block, "diracx_block")
+    block = load_named(DiracX, diracx_block, "diracx_block")
     policy = WatchPolicy(deadline=deadline_hours * 3600)
-    current = [int(j) for j in await submit_jobs(block, [job])]
-    final: dict[str, JobStatus] = dict(await wait_for_jobs(block, current, policy))
+    current = [int(j) for j in run(submit_jobs(block, [job]))]
+    final: dict[str, JobStatus] = dict(run(wait_for_jobs(block, current, policy)))
     resubmitted = 0
     for attempt in range(1, max_resubmissions + 1):
         failed = [int(j) for j in current if final[str(j)].state is JobState.FAILED]
         if not failed:
             break
-        replaced = await resubmit_jobs(block, failed, attempt)
+        replaced = run(resubmit_jobs(block, failed, attempt))
         resubmitted += len(replaced)
         current = [replaced.get(j, j) for j in current]
-        final.update(await wait_for_jobs(block, list(replaced.values()), policy))
+        final.update(run(wait_for_jobs(block, list(replaced.values()), policy)))
     done = [j for j in current if final[str(j)].state is JobState.SUCCEEDED]
     report = DiracBatchReport(
         submitted=len(current), resubmitted=resubmitted, succeeded=len(done), destination=destination,
         failed=[FailedJob(job_id=j, status=str(final[str(j)].detail.get("status", final[str(j)].state.value)),
                           minor_status=str(final[str(j)].detail.get("minor_status") or ""))
                 for j in current if final[str(j)].state is not JobState.SUCCEEDED],
-        outputs=await fetch_job_outputs(block, done, destination) if done else [],
+        outputs=run(fetch_job_outputs(block, done, destination)) if done else [],
     )
-    await acreate_markdown_artifact(report.markdown(), key="dirac-batch", description="DIRAC batch summary")
+    create_markdown_artifact(report.markdown(), key="dirac-batch", description="DIRAC batch summary")
     return report

@@ -11,17 +11,18 @@ for each site that could not answer (`vm-inventory-sites`). Deployed hourly.
 from typing import Annotated, Optional
 
 from prefect import flow
-from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field
 
-from flows._blocks import aload_named
+from flows._blocks import load_named
+from flows._sync import run
 from tasks.openstack import FedCloud, Inventory, vm_inventory
 from tasks.redaction import redact_errors
 
 
 @flow(name="fedcloud-vm-inventory")
 @redact_errors
-async def fedcloud_vm_inventory(
+def fedcloud_vm_inventory(
     vo: Optional[str] = None,
     fedcloud_block: str = "fedcloud",
     sites: Optional[list[str]] = None,
@@ -37,10 +38,9 @@ async def fedcloud_vm_inventory(
         status: Only VMs in these states, e.g. ACTIVE, SHUTOFF, ERROR.
         name_pattern: Only VMs whose name matches this glob, e.g. worker-*.
     """
-    block = await aload_named(FedCloud, fedcloud_block, "fedcloud_block")
-    result = await vm_inventory(block, vo, sites, status, name_pattern)
-    await acreate_table_artifact(result.table(), key="vm-inventory",
-                                 description=f"FedCloud VMs of {result.vo}")
-    await acreate_markdown_artifact(result.markdown(), key="vm-inventory-sites",
-                                    description=f"FedCloud sites asked for {result.vo}")
+    block = load_named(FedCloud, fedcloud_block, "fedcloud_block")
+    result = run(vm_inventory(block, vo, sites, status, name_pattern))
+    create_table_artifact(result.table(), key="vm-inventory", description=f"FedCloud VMs of {result.vo}")
+    create_markdown_artifact(result.markdown(), key="vm-inventory-sites",
+                             description=f"FedCloud sites asked for {result.vo}")
     return result

@@ -9,6 +9,8 @@ inside the functions that use them.
 from tasks.checkin import CheckinCredentials, aget_checkin_token, get_checkin_token
 from tasks.dataminer import DataMiner, run_algorithm
 from tasks.dirac import DiracJob, DiracX
+from tasks.notebooks import NotebooksHub
+from tasks.openstack import FedCloud
 from tasks.redaction import install_log_redaction, redact_errors
 
 install_log_redaction()
@@ -18,6 +20,8 @@ __all__ = [
     "DataMiner",
     "DiracJob",
     "DiracX",
+    "FedCloud",
+    "NotebooksHub",
     "aget_checkin_token",
     "get_checkin_token",
     "redact_errors",

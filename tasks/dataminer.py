@@ -22,7 +22,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from prefect import task
-from prefect.blocks.core import Block
+from tasks.block_base import EgiBlock
 from pydantic import BaseModel, Field, SecretStr
 
 from tasks.http import tls_verify
@@ -59,7 +59,7 @@ def process_id(name: str) -> str:
     return name if "." in name else DATAMINER_PREFIX + name
 
 
-class DataMiner(Block):
+class DataMiner(EgiBlock):
     """A D4Science DataMiner (WPS 1.0) endpoint and the gCube token to use it."""
 
     _block_type_name = "D4Science DataMiner"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.blocks.core import Block
+from tasks.block_base import EgiBlock
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from tasks.job_ledger import JobLedger, Submission, submission_key
@@ -158,7 +158,7 @@ class DiracJob(BaseModel):
 
 # -- the block -----------------------------------------------------------------------------------
 
-class DiracX(Block):
+class DiracX(EgiBlock):
     """A DiracX server and the credentials of one VO/group on it."""
 
     _block_type_name = "DiracX"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.blocks.core import Block
+from tasks.block_base import EgiBlock
 from pydantic import Field
 
 from tasks.checkin import CheckinCredentials
@@ -23,7 +23,7 @@ from tasks.redaction import redact_errors
 from tasks.remote import JobState, WatchError, WatchPolicy, WatchReporter, run_logger, watch
 
 
-class NotebooksHub(Block):
+class NotebooksHub(EgiBlock):
     """The EGI Notebooks hub's REST API and the Check-in identity used on it."""
 
     _block_type_name = "EGI Notebooks Hub"

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect import task
-from prefect.blocks.core import Block
+from tasks.block_base import EgiBlock
 from pydantic import BaseModel, Field, PrivateAttr
 
 from tasks.checkin import CheckinCredentials
@@ -30,7 +30,7 @@ from tasks.redaction import redact_errors
 from tasks.remote import run_logger
 
 
-class FedCloud(Block):
+class FedCloud(EgiBlock):
     """EGI FedCloud sites and the Check-in identity used on them."""
 
     _block_type_name = "EGI FedCloud"

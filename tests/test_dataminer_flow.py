@@ -36,8 +36,8 @@ def test_flow_end_to_end_with_artifacts_and_events(prefect_db, dataminer, tmp_pa
     table = tmp_path / "t.csv"
     table.write_text("x,y\n1,10\n2,20\n")
     name = saved_block(dataminer)
-    state = asyncio.run(dataminer_run(process="CSV_SUMMARY", inputs={"table": str(table)}, dataminer_block=name,
-                                      destination=str(tmp_path / "out"), return_state=True))
+    state = dataminer_run(process="CSV_SUMMARY", inputs={"table": str(table)}, dataminer_block=name,
+                                      destination=str(tmp_path / "out"), return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
     assert result.state == "succeeded" and len(result.files) == 4
@@ -110,7 +110,7 @@ def test_cancellation_hook_finds_and_marks_the_runs_executions(prefect_db, datam
 
 
 def test_missing_block_is_named(prefect_db):
-    state = asyncio.run(dataminer_run(process="FAST_ECHO", dataminer_block="nope", return_state=True))
+    state = dataminer_run(process="FAST_ECHO", dataminer_block="nope", return_state=True)
     assert state.is_failed()
     assert "dataminer_block: there is no D4Science DataMiner block named 'nope'" in state.message
 
@@ -125,8 +125,8 @@ def test_token_in_query_mode_never_reaches_logs_or_the_database(prefect_db, data
 
     name = saved_block(dataminer, token_mode="query")
     with caplog.at_level(logging.INFO, logger="httpx"):
-        state = asyncio.run(dataminer_run(process="FAST_ECHO", inputs={"text": "hello"}, dataminer_block=name,
-                                          destination=str(tmp_path), return_state=True))
+        state = dataminer_run(process="FAST_ECHO", inputs={"text": "hello"}, dataminer_block=name,
+                                          destination=str(tmp_path), return_state=True)
     assert state.is_completed(), state.message
     assert state.result().literals == {"result": "hello | tags= | scale=1"}
     APILogWorker.drain_all(timeout=10)

@@ -52,8 +52,8 @@ def test_batch_flow_resubmits_failures_collects_outputs_and_reports(prefect_db, 
     pilot = BatchPilot(diracx.pilot, group, tmp_path / "pilot", fail_first=fail_first).start()
     try:
         job = DiracJob(executable="echo", arguments="%s", parameters=list(range(5)), job_group=group)
-        state = asyncio.run(dirac_batch(job, diracx_block=name, destination=str(tmp_path / "out"),
-                                        return_state=True))
+        state = dirac_batch(job, diracx_block=name, destination=str(tmp_path / "out"),
+                                        return_state=True)
     finally:
         pilot.stop()
     assert state.is_completed(), state.message
@@ -82,8 +82,8 @@ def test_batch_flow_reports_jobs_that_keep_failing(prefect_db, diracx, tmp_path)
     pilot = BatchPilot(diracx.pilot, group, tmp_path / "pilot", fail_first=lambda job_id: True).start()
     try:
         job = DiracJob(executable="false", parameters=[1, 2], job_group=group)
-        report = asyncio.run(dirac_batch(job, diracx_block=name, destination=str(tmp_path / "out"),
-                                         max_resubmissions=1))
+        report = dirac_batch(job, diracx_block=name, destination=str(tmp_path / "out"),
+                                         max_resubmissions=1)
     finally:
         pilot.stop()
     assert (report.submitted, report.resubmitted, report.succeeded) == (2, 2, 0)
@@ -109,8 +109,8 @@ def test_batch_against_a_pilot_process_that_fails_a_share_of_runs(prefect_db, di
     before = diracx.job_count()
     try:
         job = DiracJob(executable="echo", arguments="%s", parameters=list(range(20)), job_group=group)
-        report = asyncio.run(dirac_batch(job, diracx_block=name, destination=str(tmp_path / "out"),
-                                         max_resubmissions=2))
+        report = dirac_batch(job, diracx_block=name, destination=str(tmp_path / "out"),
+                                         max_resubmissions=2)
     finally:
         pilot.stop()
     outcomes = json.loads(stats.read_text())

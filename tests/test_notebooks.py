@@ -105,3 +105,23 @@ def test_hub_calls_in_a_flow_leave_no_token_in_prefect(prefect_db, notebooks, ch
     for secret in (access, refresh):
         assert secret.encode() not in stored
         assert secret not in captured.out + captured.err
+
+
+@pytest.mark.prefect
+def test_the_server_flow_is_a_plain_call(prefect_db, notebooks, checkin):
+    """No coroutine: the flow gives its result in a script and under a running loop (a notebook cell)."""
+    import uuid
+
+    from flows.notebooks import notebooks_server
+
+    name = f"hub-{uuid.uuid4().hex[:8]}"
+    hub(notebooks, checkin, "bob").save(name, overwrite=True)
+    started = notebooks_server("start", hub_block=name)
+    assert started.name == "bob" and started.servers[""].ready
+
+    async def in_a_cell():
+        return notebooks_server("stop", hub_block=name)
+
+    assert "" not in asyncio.run(in_a_cell()).servers
+    missing = notebooks_server(hub_block="nope", return_state=True)
+    assert "hub_block: there is no EGI Notebooks Hub block named 'nope'" in missing.message

@@ -116,7 +116,7 @@ def test_inventory_flow_shows_a_table_and_a_site_summary(prefect_db, openstack, 
     block = fedcloud(openstack, checkin)
     name = f"fc-{uuid.uuid4().hex[:8]}"
     block.save(name, overwrite=True)
-    state = asyncio.run(fedcloud_vm_inventory(vo=ACCESS, fedcloud_block=name, return_state=True))
+    state = fedcloud_vm_inventory(vo=ACCESS, fedcloud_block=name, return_state=True)
     assert state.is_completed(), state.message
     assert len(state.result().vms) == 2 * SERVERS
 
@@ -131,7 +131,7 @@ def test_inventory_flow_shows_a_table_and_a_site_summary(prefect_db, openstack, 
     assert "BLACKHOLE" in shown["vm-inventory-sites"].data and "timeout" in shown["vm-inventory-sites"].data
     refresh = block.checkin.refresh_token.get_secret_value()
     assert refresh.encode() not in database_bytes(prefect_db)
-    missing = asyncio.run(fedcloud_vm_inventory(vo=ACCESS, fedcloud_block="no-such-block", return_state=True))
+    missing = fedcloud_vm_inventory(vo=ACCESS, fedcloud_block="no-such-block", return_state=True)
     assert "fedcloud_block: there is no EGI FedCloud block named 'no-such-block'" in missing.message
 
 

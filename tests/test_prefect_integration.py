@@ -224,3 +224,30 @@ def test_token_task_retries_an_unreachable_issuer_only(prefect_db, checkin):
     state = fetch(broken, return_state=True)
     assert state.is_failed() and "invalid_grant" in state.message
     assert checkin.token_requests() == before + 1  # a bad grant is not retried
+
+
+def test_blocks_load_and_save_as_values_under_a_running_loop(prefect_db, checkin):
+    """A Jupyter cell runs inside an event loop, where Prefect's `Block.load`/`save` return
+    coroutines; ours give the block and save it, as written — and `aload`/`asave` still work."""
+    import asyncio
+    import uuid
+
+    from tasks import DataMiner, DiracX, FedCloud, NotebooksHub
+
+    name = f"cell-{uuid.uuid4().hex[:8]}"
+
+    async def cell() -> None:
+        saved = DataMiner(url="https://dataminer.example.org/wps/WebProcessingService").save(name, overwrite=True)
+        assert isinstance(saved, uuid.UUID)
+        loaded = DataMiner.load(name)
+        assert isinstance(loaded, DataMiner) and loaded.url.startswith("https://dataminer.example.org")
+        again = await DataMiner.aload(name)
+        assert again.url == loaded.url
+        FedCloud(default_vo="vo.access.egi.eu").save(name, overwrite=True)
+        assert FedCloud.load(name).default_vo == "vo.access.egi.eu"
+        assert isinstance(CheckinCredentials.load(save_block(checkin)), CheckinCredentials)
+        for block_class in (DiracX, NotebooksHub):
+            assert not asyncio.iscoroutinefunction(block_class.load)
+
+    asyncio.run(cell())
+    assert DataMiner.load(name).url.startswith("https://")  # and in plain sync code

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.blocks.core import Block
+from tasks.block_base import EgiBlock
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
@@ -45,7 +45,7 @@ class _ProviderSlot:
         return (_ProviderSlot, ())
 
 
-class CheckinCredentials(Block):
+class CheckinCredentials(EgiBlock):
     """An EGI Check-in identity: where to find an access token and how to renew it.
 
     Sources are tried in this order, each can be switched off: the explicit
