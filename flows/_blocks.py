@@ -22,3 +22,17 @@ def load_named(block_class: type[B], name: str, parameter: str) -> B:
         return block_class.load(name, _sync=True)  # type: ignore[call-arg,return-value]
     except ValueError:
         raise _missing(block_class, name, parameter) from None
+
+
+def load_all(wanted: dict[str, tuple[type[Block], str]]) -> dict[str, Block]:
+    """Load several blocks (parameter → (class, name)); one error naming every missing one."""
+    loaded: dict[str, Block] = {}
+    problems: list[str] = []
+    for parameter, (block_class, name) in wanted.items():
+        try:
+            loaded[parameter] = load_named(block_class, name, parameter)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ValueError("\n".join(problems))
+    return loaded

@@ -214,6 +214,11 @@ def dirac_login_command(
     typer.echo(f"Logged in to {target.url} as a member of {target.vo}; credentials saved to {path}")
 
 
+from flows.cli_journey import register  # noqa: E402 - after the app it extends
+
+register(app)
+
+
 def main() -> None:
     app()
 

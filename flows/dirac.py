@@ -34,6 +34,7 @@ class DiracBatchReport(BaseModel):
     """What happened to the batch: counts, the jobs that kept failing, the outputs."""
 
     submitted: int
+    jobs: list[int] = Field(default_factory=list, description="The final job of each submitted one, in order.")
     resubmitted: int
     succeeded: int
     failed: list[FailedJob] = Field(default_factory=list)
@@ -51,6 +52,31 @@ class DiracBatchReport(BaseModel):
         if missing:
             lines += ["Jobs without an output sandbox: " + ", ".join(str(o.job_id) for o in missing)]
         return "\n".join(lines)
+
+
+async def run_batch(block: DiracX, job: DiracJob, policy: WatchPolicy, max_resubmissions: int,
+                    destination: str) -> DiracBatchReport:
+    """Submit, wait, resubmit failures up to `max_resubmissions` times, fetch outputs — as
+    task runs of the calling flow (also the pipeline's grid stage)."""
+    current = [int(j) for j in await submit_jobs(block, [job])]
+    final: dict[str, JobStatus] = dict(await wait_for_jobs(block, current, policy))
+    resubmitted = 0
+    for attempt in range(1, max_resubmissions + 1):
+        failed = [int(j) for j in current if final[str(j)].state is JobState.FAILED]
+        if not failed:
+            break
+        replaced = await resubmit_jobs(block, failed, attempt)
+        resubmitted += len(replaced)
+        current = [replaced.get(j, j) for j in current]
+        final.update(await wait_for_jobs(block, list(replaced.values()), policy))
+    done = [j for j in current if final[str(j)].state is JobState.SUCCEEDED]
+    return DiracBatchReport(
+        submitted=len(current), jobs=current, resubmitted=resubmitted, succeeded=len(done), destination=destination,
+        failed=[FailedJob(job_id=j, status=str(final[str(j)].detail.get("status", final[str(j)].state.value)),
+                          minor_status=str(final[str(j)].detail.get("minor_status") or ""))
+                for j in current if final[str(j)].state is not JobState.SUCCEEDED],
+        outputs=await fetch_job_outputs(block, done, destination) if done else [],
+    )
 
 
 @flow(name="dirac-batch", on_cancellation=[cancel_remote_jobs], on_crashed=[cancel_remote_jobs])
@@ -72,25 +98,6 @@ def dirac_batch(
         deadline_hours: Give up waiting after this many hours (jobs keep running).
     """
     block = load_named(DiracX, diracx_block, "diracx_block")
-    policy = WatchPolicy(deadline=deadline_hours * 3600)
-    current = [int(j) for j in run(submit_jobs(block, [job]))]
-    final: dict[str, JobStatus] = dict(run(wait_for_jobs(block, current, policy)))
-    resubmitted = 0
-    for attempt in range(1, max_resubmissions + 1):
-        failed = [int(j) for j in current if final[str(j)].state is JobState.FAILED]
-        if not failed:
-            break
-        replaced = run(resubmit_jobs(block, failed, attempt))
-        resubmitted += len(replaced)
-        current = [replaced.get(j, j) for j in current]
-        final.update(run(wait_for_jobs(block, list(replaced.values()), policy)))
-    done = [j for j in current if final[str(j)].state is JobState.SUCCEEDED]
-    report = DiracBatchReport(
-        submitted=len(current), resubmitted=resubmitted, succeeded=len(done), destination=destination,
-        failed=[FailedJob(job_id=j, status=str(final[str(j)].detail.get("status", final[str(j)].state.value)),
-                          minor_status=str(final[str(j)].detail.get("minor_status") or ""))
-                for j in current if final[str(j)].state is not JobState.SUCCEEDED],
-        outputs=run(fetch_job_outputs(block, done, destination)) if done else [],
-    )
+    report = run(run_batch(block, job, WatchPolicy(deadline=deadline_hours * 3600), max_resubmissions, destination))
     create_markdown_artifact(report.markdown(), key="dirac-batch", description="DIRAC batch summary")
     return report

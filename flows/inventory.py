@@ -11,7 +11,6 @@ for each site that could not answer (`vm-inventory-sites`). Deployed hourly.
 from typing import Annotated, Optional
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field
 
 from flows._blocks import load_named
@@ -39,8 +38,4 @@ def fedcloud_vm_inventory(
         name_pattern: Only VMs whose name matches this glob, e.g. worker-*.
     """
     block = load_named(FedCloud, fedcloud_block, "fedcloud_block")
-    result = run(vm_inventory(block, vo, sites, status, name_pattern))
-    create_table_artifact(result.table(), key="vm-inventory", description=f"FedCloud VMs of {result.vo}")
-    create_markdown_artifact(result.markdown(), key="vm-inventory-sites",
-                             description=f"FedCloud sites asked for {result.vo}")
-    return result
+    return run(vm_inventory(block, vo, sites, status, name_pattern))

@@ -27,7 +27,7 @@ from tasks.checkin import CheckinCredentials
 from tasks.fedcloud import SITE_CONFIG_DIR, VM, Site, SiteFailure, SitePool, SiteServers, load_site_configs, site_servers
 from tasks.http import tls_verify
 from tasks.redaction import redact_errors
-from tasks.remote import run_logger
+from tasks.remote import in_run, run_logger
 
 
 class FedCloud(EgiBlock):
@@ -173,4 +173,16 @@ async def vm_inventory(fedcloud: FedCloud | str, vo: str | None = None, sites: S
         log.warning("FedCloud site %s: %s — %s", failure.site, failure.kind, failure.message)
     log.info("%d VM(s) of %s on %d site(s), %d site(s) without an answer", len(result.vms), vo,
              len(result.sites) - len(result.failures), len(result.failures))
+    await _publish(result)
     return result
+
+
+async def _publish(result: Inventory) -> None:
+    """The UI's view: a table of VMs (`vm-inventory`) and a summary per site (`vm-inventory-sites`)."""
+    if not in_run():
+        return
+    from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+
+    await acreate_table_artifact(result.table(), key="vm-inventory", description=f"FedCloud VMs of {result.vo}")
+    await acreate_markdown_artifact(result.markdown(), key="vm-inventory-sites",
+                                    description=f"FedCloud sites asked for {result.vo}")

@@ -11,7 +11,8 @@ The front, like DataMiner's:
 
 For tests: `/_peer/stats` (request counters, credentials seen by the foreign
 storage), `/_peer/revoke` and `/_peer/restore` of a token, `/_peer/fault`
-(5xx bursts or delays on the next N requests).
+(5xx bursts or delays on the next N requests of a kind, optionally `after` letting
+some through first).
 
 Run: `python dataminer_peer.py --port 0` prints one JSON line with its URLs.
 """
@@ -45,7 +46,7 @@ class PeerState:
     def __init__(self, tokens: set[str]):
         self.tokens = set(tokens)
         self.counters: Counter[str] = Counter()
-        self.faults: dict[str, list[Any]] = {}  # kind -> [status, delay, remaining]
+        self.faults: dict[str, list[Any]] = {}  # kind -> [status, delay, remaining, requests to let through first]
         self.foreign_credentials: list[str] = []
         self.lock = threading.Lock()
 
@@ -57,6 +58,9 @@ class PeerState:
         with self.lock:
             fault = self.faults.get(kind)
             if not fault or fault[2] <= 0:
+                return None
+            if fault[3] > 0:  # let `after` matching requests through first
+                fault[3] -= 1
                 return None
             fault[2] -= 1
             return fault[0], fault[1]
@@ -171,8 +175,8 @@ def make_front(service: Any, state: PeerState, outputs: Path, base_url: str):
                 state.tokens.add(body["token"])
                 answer = {"ok": True}
             elif action == "fault":
-                state.faults[body.get("kind", "any")] = [int(body.get("status", 503)),
-                                                         float(body.get("delay", 0)), int(body.get("count", 1))]
+                state.faults[body.get("kind", "any")] = [int(body.get("status", 503)), float(body.get("delay", 0)),
+                                                         int(body.get("count", 1)), int(body.get("after", 0))]
                 answer = {"ok": True}
             elif action == "reset":
                 state.counters.clear()

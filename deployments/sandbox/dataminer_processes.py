@@ -4,6 +4,8 @@
 - SLOW_COUNTER   runs `seconds`, reporting progress at every step (asynchronous)
 - CSV_SUMMARY    a CSV by URL or embedded → a summary file by reference, plus the
                  DataMiner-shaped `non_deterministic_output` feature collection
+- GRID_SPLITTER  splits a range into `items` work items → a CSV table by reference
+                 (item, start, end): what a pipeline fans out to grid jobs
 - ALWAYS_FAILS   ends in ProcessFailed with a readable message
 - CRASHES        dies with an unexpected exception (the server hides its text)
 """
@@ -104,6 +106,20 @@ def _feature_collection(entries: list[tuple[str, str, str]]) -> str:
     )
 
 
+def _split(request, response):
+    items = request.inputs["items"][0].data
+    span = request.inputs["span"][0].data if "span" in request.inputs else 100.0
+    prefix = request.inputs["prefix"][0].data if "prefix" in request.inputs else "item"
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["item", "start", "end"])
+    for index in range(items):
+        response.update_status(f"item {index + 1}/{items}", int(100 * index / items))
+        writer.writerow([f"{prefix}-{index:03d}", f"{span * index / items:g}", f"{span * (index + 1) / items:g}"])
+    response.outputs["table"].data = out.getvalue()
+    return response
+
+
 def _fail(request, response):
     raise ProcessError("Algorithm failed: the input table has no numeric column")
 
@@ -144,6 +160,16 @@ def processes() -> list[Process]:
             inputs=[ComplexInput("table", "Table", supported_formats=[CSV], mode=MODE.NONE, min_occurs=1)],
             outputs=[ComplexOutput("summary", "Summary", supported_formats=[CSV], as_reference=True),
                      ComplexOutput("non_deterministic_output", "NonDeterministicOutput", supported_formats=[XML])],
+            store_supported=True, status_supported=True,
+        ),
+        Process(
+            _split, PREFIX + "GRID_SPLITTER", "Grid splitter",
+            abstract="Splits a range into work items, one row each (item, start, end).",
+            inputs=[LiteralInput("items", "Items", data_type="integer", min_occurs=1,
+                                 allowed_values=[AllowedValue(ALLOWEDVALUETYPE.RANGE, minval=1, maxval=1000)]),
+                    LiteralInput("span", "Span", data_type="float", min_occurs=0, default=100.0),
+                    LiteralInput("prefix", "Prefix", data_type="string", min_occurs=0, default="item")],
+            outputs=[ComplexOutput("table", "Work items", supported_formats=[CSV], as_reference=True)],
             store_supported=True, status_supported=True,
         ),
         Process(_fail, PREFIX + "ALWAYS_FAILS", "Always fails", inputs=[], outputs=[

@@ -1,0 +1,88 @@
+"""`egi-flows demo`: the whole journey on this machine, no credentials, no internet.
+
+Starts the sandbox (`deployments/sandbox/stack.py`), saves blocks pointing at
+it, runs `egi-pipeline` on Prefect's embedded (ephemeral) API, prints what
+happened and the artifacts the UI would show, and stops everything. It runs
+in a private PREFECT_HOME so it never touches your own blocks or runs; pass
+`keep` to look at them afterwards (`PREFECT_HOME=<dir> prefect server start`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+QUIET = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+}
+
+
+def _warm_up_prefect() -> None:
+    """Start the embedded API (it migrates a fresh database) while the sandbox starts."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.hello()
+
+
+def run_demo(home: str | None = None, say: Callable[[str], None] = print, hub: bool = False) -> dict:
+    """Run the demo; returns what it printed as data (for tests): stages, artifacts, times."""
+    home = home or tempfile.mkdtemp(prefix="prefect-egi-demo-")
+    os.environ.update(QUIET | {"PREFECT_HOME": home})
+    os.environ.pop("PREFECT_API_URL", None)  # the embedded API, whatever the user's profile says
+    started = time.monotonic()
+    from deployments.sandbox.stack import Sandbox, describe, save_blocks
+
+    sandbox = Sandbox(Path(home) / "sandbox", hub=hub)
+    say(f"Starting the local EGI sandbox and Prefect's embedded API (home: {home}) …")
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            prefect_ready = pool.submit(_warm_up_prefect)
+            info = sandbox.start()
+            prefect_ready.result()
+        for what, where in describe(info):
+            say(f"  {what:<24} {where}")
+        save_blocks(info)
+        say(f"Blocks saved: egi-checkin, dataminer, diracx, fedcloud ({time.monotonic() - started:.0f} s).")
+        say("Running the egi-pipeline flow: Check-in → DataMiner → DIRAC → DataMiner → FedCloud …")
+        from flows.pipeline import egi_pipeline
+
+        outputs = Path(home) / "pipeline-outputs"
+        state = egi_pipeline(destination=str(outputs), return_state=True)
+        if not state.is_completed():
+            say(f"The pipeline ended {state.name}: {state.message}")
+            return {"state": state.name, "home": home}
+        report = state.result()
+        shown = _show(state.state_details.flow_run_id, say)
+        say(f"Done in {time.monotonic() - started:.0f} s. Outputs under {outputs}.")
+        return {"state": state.name, "home": home, "report": report, "artifacts": shown,
+                "seconds": time.monotonic() - started}
+    finally:
+        sandbox.stop()
+        say("Sandbox stopped.")
+
+
+def _show(flow_run_id: object, say: Callable[[str], None]) -> list[str]:
+    """Print the run's artifacts as the UI lists them (markdown as text, tables as rows)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    keys = []
+    for artifact in sorted(artifacts, key=lambda a: a.created or 0):
+        keys.append(artifact.key or artifact.type or "")
+        if artifact.type == "markdown" and artifact.key == "egi-pipeline":
+            say("")
+            say(str(artifact.data))
+            say("")
+    say("Artifacts in the Prefect UI: " + ", ".join(sorted({k for k in keys if k})))
+    return keys

@@ -1,0 +1,79 @@
+"""The journey from the command line, as a newcomer types it: `egi-flows demo`,
+`egi-flows sandbox up|status|down`, `egi-flows run` — real subprocesses, and no
+process left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EGI_FLOWS = str(Path(sys.executable).with_name("egi-flows"))
+QUIET = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+def sandbox_processes() -> set[int]:
+    """Processes running one of the sandbox's scripts (the session's own peers included)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"deployments/sandbox/" in command or b"deployments.sandbox.stack" in command:
+                found.add(int(entry.name))
+    return found
+
+
+def egi_flows(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([EGI_FLOWS, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **QUIET, **(env or {})})
+
+
+def test_the_demo_runs_the_pipeline_and_cleans_up(tmp_path):
+    before = sandbox_processes()
+    done = egi_flows("demo", env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})  # ignored: the demo is embedded
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    for line in ("Starting the local EGI sandbox", "Blocks saved: egi-checkin, dataminer, diracx, fedcloud",
+                 "# EGI pipeline", "| work items | 5 from DataMiner GRID_SPLITTER |", "DIRAC jobs done",
+                 "VM(s) of vo.access.egi.eu on 2/4 site(s)", "Artifacts in the Prefect UI:", "Sandbox stopped."):
+        assert line in out, line
+    assert "egi-pipeline" in out and "vm-inventory" in out
+    assert sandbox_processes() <= before
+
+
+@pytest.mark.prefect
+def test_sandbox_up_run_status_down(prefect_db, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    env = {"PREFECT_EGI_SANDBOX_DIR": str(tmp_path / "sandbox"), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    before = sandbox_processes()
+    try:
+        up = egi_flows("sandbox", "up", "--no-hub", env=env)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "The sandbox is up:" in up.stdout and "Blocks saved in your Prefect API: egi-checkin" in up.stdout
+        again = egi_flows("sandbox", "up", env=env)
+        assert again.returncode == 0 and "already up" in again.stdout
+
+        status = egi_flows("sandbox", "status", env=env)
+        assert status.returncode == 0 and "DiracX" in status.stdout and "FedCloud site CESNET-MCC" in status.stdout
+
+        who = egi_flows("run", "identity", "-p", "credentials_block=egi-checkin", env=env)
+        assert who.returncode == 0, who.stderr[-2000:]
+        assert "alice" in who.stdout and "vo.access.egi.eu" in who.stdout
+        echo = egi_flows("run", "dataminer", "-p", "process=FAST_ECHO", "-p", 'inputs={"text": "hi", "times": 2}',
+                         "-p", f"destination={tmp_path / 'dm'}", env=env)
+        assert echo.returncode == 0, echo.stderr[-2000:]
+        assert "hihi" in echo.stdout or "hi hi" in echo.stdout
+        bad = egi_flows("run", "dataminer", "-p", "proces=FAST_ECHO", env=env)
+        assert bad.returncode == 2 and "dataminer has no parameter proces" in bad.stderr
+    finally:
+        down = egi_flows("sandbox", "down", env=env)
+    assert down.returncode == 0 and "The sandbox is down." in down.stdout
+    assert egi_flows("sandbox", "status", env=env).returncode == 1
+    assert sandbox_processes() <= before

@@ -1,0 +1,140 @@
+"""`egi-pipeline` end to end against the local peers: Check-in → DataMiner → DIRAC →
+DataMiner → FedCloud → report; a retried run skips its finished stages."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from conftest import ACCESS, ACCESS_PROJECT, SERVERS
+
+from flows.pipeline import GridJobs, Summary, WorkItems, egi_pipeline
+from tasks.dirac import DiracJob
+from tasks.fedcloud import Site
+from tasks.openstack import FedCloud
+
+pytestmark = pytest.mark.prefect
+
+
+@pytest.fixture
+def blocks(prefect_db, checkin, dataminer, diracx, openstack) -> dict[str, str]:
+    """The pipeline's blocks, saved under fresh names, pointing at the session's peers."""
+    suffix = uuid.uuid4().hex[:8]
+    credentials = checkin.credentials()
+    credentials.save(f"checkin-{suffix}", overwrite=True)
+    dataminer.block().save(f"dm-{suffix}", overwrite=True)
+    diracx.block().save(f"dx-{suffix}", overwrite=True)
+    sites = [Site(name=n, endpoint=s["auth_url"], projects={ACCESS: ACCESS_PROJECT} if n == "CESNET-MCC" else {})
+             for n, s in openstack.info["sites"].items() if n in ("CESNET-MCC", "OLD-CLOUD", "IFCA-LCG2")]
+    FedCloud(checkin=credentials, default_vo=ACCESS, sites=sites, site_config_dirs=[], timeout_seconds=5,
+             ).save(f"fc-{suffix}", overwrite=True)
+    return {"checkin_block": f"checkin-{suffix}", "dataminer_block": f"dm-{suffix}",
+            "diracx_block": f"dx-{suffix}", "fedcloud_block": f"fc-{suffix}"}
+
+
+def grid_jobs(group: str) -> GridJobs:
+    return GridJobs(job=DiracJob(executable="echo", arguments="processing %s", job_group=group),
+                    max_resubmissions=2)
+
+
+def artifacts_of(flow_run_id) -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in found if a.key}
+
+
+def test_the_pipeline_chains_every_service(blocks, checkin, dataminer, diracx, tmp_path, prefect_db):
+    from conftest import database_bytes
+
+    from deployments.sandbox.dirac_pilot import BatchPilot
+
+    group = f"pipe-{uuid.uuid4().hex[:6]}"
+    seen: list[int] = []
+    pilot = BatchPilot(diracx.pilot, group, tmp_path / "pilot",
+                       fail_first=lambda j: seen.append(j) or j == min(seen)).start()  # the first job fails once
+    try:
+        state = egi_pipeline(work_items=WorkItems(inputs={"items": 4, "prefix": "cell"}), grid=grid_jobs(group),
+                             destination=str(tmp_path / "out"), return_state=True, **blocks)
+    finally:
+        pilot.stop()
+    assert state.is_completed(), state.message
+    report = state.result()
+    assert report.identity.username == "alice" and ACCESS in report.identity.vos
+    assert report.work_items.items == ["cell-000", "cell-001", "cell-002", "cell-003"]
+    assert (report.grid.submitted, report.grid.succeeded, report.grid.resubmitted) == (4, 4, 1)
+    assert all((tmp_path / "out" / "grid" / str(j) / "result.txt").is_file() for j in report.grid.jobs)
+    assert report.summary is not None and any(f.name == "summary.csv" and f.path for f in report.summary.files)
+    assert len(report.vms.vms) == 2 * SERVERS and [f.site for f in report.vms.failures] == ["IFCA-LCG2"]
+
+    shown = artifacts_of(state.state_details.flow_run_id)
+    assert {"egi-pipeline", "vm-inventory", "vm-inventory-sites"} <= set(shown)
+    text = shown["egi-pipeline"].data
+    assert "| cell-003 |" in text and report.work_items.execution.status_location in text
+    stored = database_bytes(prefect_db)
+    for secret in (checkin_token(blocks), dataminer.token):
+        assert secret.encode() not in stored
+
+
+def checkin_token(blocks) -> str:
+    from tasks import CheckinCredentials
+
+    return CheckinCredentials.load(blocks["checkin_block"]).refresh_token.get_secret_value()
+
+
+def test_a_retried_pipeline_run_skips_the_stages_it_finished(blocks, dataminer, diracx, tmp_path):
+    """The summary's Execute fails once (HTTP 503; an Execute is never resent blindly), so the run
+    fails after submitting the grid; its retry reuses the persisted stages: one work-items execution,
+    one batch of grid jobs on the server, and the summary run again."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from deployments.sandbox.dirac_pilot import BatchPilot
+
+    group = f"retry-{uuid.uuid4().hex[:6]}"
+    dataminer.control("fault", kind="post-execute", status=503, count=1, after=1)
+    jobs_before = diracx.job_count()
+    pilot = BatchPilot(diracx.pilot, group, tmp_path / "pilot").start()
+    try:
+        state = egi_pipeline.with_options(retries=1, retry_delay_seconds=0)(
+            work_items=WorkItems(inputs={"items": 3}), grid=grid_jobs(group), vms=False,
+            destination=str(tmp_path / "out"), return_state=True, **blocks)
+    finally:
+        pilot.stop()
+    assert state.is_completed(), state.message
+    report = state.result()
+    assert report.summary is not None and report.grid.succeeded == 3
+    assert dataminer.stats().get("post-execute") == 3  # work items once, summary twice (503, then again)
+    assert diracx.job_count() == jobs_before + 3       # the grid was not submitted a second time
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=[state.state_details.flow_run_id])))
+    stages = {}
+    for task_run in runs:
+        if task_run.name.startswith("pipeline-"):
+            stages.setdefault(task_run.name.rsplit("-", 1)[0], []).append(task_run.state.name)
+    assert sorted(stages["pipeline-grid"]) == ["Cached", "Completed"]
+    assert sorted(stages["pipeline-work-items"]) == ["Cached", "Completed"]
+    assert sorted(stages["pipeline-summary"]) == ["Completed", "Failed"]
+
+
+def test_missing_blocks_are_named_before_anything_runs(prefect_db, dataminer):
+    state = egi_pipeline(dataminer_block="nope", return_state=True)
+    assert state.is_failed()
+    assert "dataminer_block: there is no D4Science DataMiner block named 'nope'" in state.message
+    assert not dataminer.stats().get("post-execute")
+
+
+def test_the_pipeline_parameters_render_as_a_form():
+    schema = egi_pipeline.parameters.model_dump()
+    properties = schema["properties"]
+    assert {"work_items", "grid", "summary", "vms", "vo", "destination"} <= set(properties)
+    assert "The DataMiner algorithm that lists the work items" in properties["work_items"]["description"]
+    definitions = schema["definitions"]
+    assert {"WorkItems", "GridJobs", "Summary", "DiracJob"} <= set(definitions)
+    assert definitions["GridJobs"]["properties"]["max_resubmissions"]["maximum"] == 10
+    assert Summary().process == "CSV_SUMMARY"
