@@ -22,10 +22,10 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from prefect import task
-from tasks.block_base import EgiBlock
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from tasks.http import tls_verify
+from tasks.block_base import EgiBlock
+from tasks.http import require_https, tls_verify
 from tasks.job_ledger import JobLedger, Submission, submission_key
 from tasks.redaction import redact_errors, register_all
 from tasks.remote import (
@@ -75,6 +75,12 @@ class DataMiner(EgiBlock):
     verify_tls: bool = Field(default=True, description="Verify the server's TLS certificate.")
     ca_bundle: str | None = Field(default=None, description="CA bundle for the server (instead of the system one).")
     timeout_seconds: float = Field(default=30.0, gt=0, description="Timeout of each HTTP request.")
+
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        return require_https(value, "url")
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from tasks.block_base import EgiBlock
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
+from tasks.block_base import EgiBlock
+from tasks.http import require_https
 from tasks.job_ledger import JobLedger, Submission, submission_key
 from tasks.redaction import redact_errors, register_all
 from tasks.remote import (
@@ -181,11 +182,10 @@ class DiracX(EgiBlock):
         super().model_post_init(context)
         register_all([self.refresh_token])
 
-    @model_validator(mode="after")
-    def _one_credential(self) -> "DiracX":
-        if not self.url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
-            raise ValueError("url: the DiracX server must be https:// (plain http only for 127.0.0.1/localhost)")
-        return self
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        return require_https(value, "url")
 
     def credentials_file(self) -> Path:
         """The credentials file the client uses; a refresh token becomes a private (0600) one."""

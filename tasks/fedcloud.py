@@ -26,6 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
+from tasks.http import require_https
+
 #: where fedcloudclient keeps site configuration (same format as fedcloud-catchall-operations)
 SITE_CONFIG_DIR = "~/.config/fedcloud/site-config"
 #: below this Nova returns flavors as {id}; from it on, embedded (original_name, vcpus, ram…)
@@ -44,9 +46,7 @@ class Site(BaseModel):
     @field_validator("endpoint")
     @classmethod
     def _v3(cls, value: str) -> str:
-        value = value.rstrip("/")
-        if not value.startswith(("https://", "http://127.0.0.1", "http://localhost")):
-            raise ValueError("endpoint must be an https:// Keystone URL (plain http only for 127.0.0.1/localhost)")
+        value = require_https(value, "endpoint")
         return value if value.endswith("/v3") else value + "/v3"
 
 

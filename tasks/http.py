@@ -37,6 +37,15 @@ class TLSVerificationError(Exception):
     """The server's certificate did not verify. Not transient: retrying cannot help."""
 
 
+def require_https(url: str, what: str) -> str:
+    """`url` without a trailing slash, if it is https — plain http only on this machine
+    (127.0.0.1/localhost: tests and the sandbox), so no credential crosses a network in clear."""
+    url = url.rstrip("/")
+    if not url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+        raise ValueError(f"{what} must be an https:// URL (plain http only for 127.0.0.1/localhost)")
+    return url
+
+
 def tls_verify(verify: bool = True, ca_bundle: str | None = None) -> bool | ssl.SSLContext:
     """What to give httpx's `verify`: on by default, a CA bundle when one is named.
     Verification is only ever off when a caller says `verify=False` explicitly."""

@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from tasks.block_base import EgiBlock
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from tasks.block_base import EgiBlock
 from tasks.checkin import CheckinCredentials
-from tasks.http import tls_verify
+from tasks.http import require_https, tls_verify
 from tasks.hub_api import DEFAULT_HUB_URL, HubClient, HubServer, HubServerAdapter, HubUser
 from tasks.redaction import redact_errors
 from tasks.remote import JobState, WatchError, WatchPolicy, WatchReporter, run_logger, watch
@@ -37,6 +37,11 @@ class NotebooksHub(EgiBlock):
     timeout_seconds: float = Field(default=30.0, gt=0, description="Timeout of each request.")
     verify_tls: bool = Field(default=True, description="Verify the hub's TLS certificate.")
     ca_bundle: str | None = Field(default=None, description="CA bundle for the hub (instead of the system one).")
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        return require_https(value, "url")
 
     def client(self) -> HubClient:
         return HubClient(self.url, self.checkin.aget_access_token, verify=tls_verify(self.verify_tls, self.ca_bundle),

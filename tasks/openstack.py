@@ -20,12 +20,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect import task
-from tasks.block_base import EgiBlock
 from pydantic import BaseModel, Field, PrivateAttr
 
+from tasks.block_base import EgiBlock
 from tasks.checkin import CheckinCredentials
 from tasks.fedcloud import SITE_CONFIG_DIR, VM, Site, SiteFailure, SitePool, SiteServers, load_site_configs, site_servers
-from tasks.http import tls_verify
 from tasks.redaction import redact_errors
 from tasks.remote import in_run, run_logger
 
@@ -62,8 +61,9 @@ class FedCloud(EgiBlock):
     def pool(self) -> SitePool:
         """Sessions shared by every call on this block object (tokens rotate in place)."""
         if self._pool is None:
+            # keystoneauth takes a CA bundle path (not an SSLContext) or a bool
             self._pool = SitePool(self.checkin.get_access_token, self.timeout_seconds,
-                                  tls_verify(self.verify_tls, self.ca_bundle))
+                                  self.ca_bundle or self.verify_tls)
         return self._pool
 
 

@@ -213,8 +213,10 @@ def test_bad_url_and_unreachable_server_are_clear(tmp_path):
     from tasks.http import RetryPolicy
     from tasks.wps import WPSClient, WPSError
 
-    with pytest.raises(ValueError, match="url: 'ftp://example.org/wps' is not an http\\(s\\) URL"):
-        DataMiner(url="ftp://example.org/wps").client()
+    with pytest.raises(ValueError, match="url must be an https:// URL"):
+        DataMiner(url="ftp://example.org/wps")
+    with pytest.raises(ValueError, match="url must be an https:// URL"):
+        DataMiner(url="http://dataminer.example.org/wps")  # a gCube token never crosses a network in clear
     client = WPSClient("http://127.0.0.1:9/wps/WebProcessingService", SecretStr("gcube-secret-token"),
                        retry=RetryPolicy(attempts=2, backoff=0.05))
     with pytest.raises(WPSError, match="failed 2 times; last failure: ConnectError") as caught:

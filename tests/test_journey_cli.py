@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,17 +16,17 @@ EGI_FLOWS = str(Path(sys.executable).with_name("egi-flows"))
 QUIET = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
-def sandbox_processes() -> set[int]:
-    """Processes running one of the sandbox's scripts (the session's own peers included)."""
+def processes_marked(mark: str) -> set[int]:
+    """Processes that inherited `EGI_TEST_MARK=<mark>`: whatever a command started, and left."""
+    needle = f"EGI_TEST_MARK={mark}".encode()
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    found.add(int(entry.name))
             except OSError:
                 continue
-            if b"deployments/sandbox/" in command or b"deployments.sandbox.stack" in command:
-                found.add(int(entry.name))
     return found
 
 
@@ -35,8 +36,9 @@ def egi_flows(*args: str, env: dict[str, str] | None = None, timeout: float = 30
 
 
 def test_the_demo_runs_the_pipeline_and_cleans_up(tmp_path):
-    before = sandbox_processes()
-    done = egi_flows("demo", env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})  # ignored: the demo is embedded
+    mark = uuid.uuid4().hex
+    # PREFECT_API_URL is ignored: the demo runs on the embedded API
+    done = egi_flows("demo", env={"PREFECT_API_URL": "http://127.0.0.1:9/api", "EGI_TEST_MARK": mark})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     for line in ("Starting the local EGI sandbox", "Blocks saved: egi-checkin, dataminer, diracx, fedcloud",
@@ -44,15 +46,16 @@ def test_the_demo_runs_the_pipeline_and_cleans_up(tmp_path):
                  "VM(s) of vo.access.egi.eu on 2/4 site(s)", "Artifacts in the Prefect UI:", "Sandbox stopped."):
         assert line in out, line
     assert "egi-pipeline" in out and "vm-inventory" in out
-    assert sandbox_processes() <= before
+    assert processes_marked(mark) == set()
 
 
 @pytest.mark.prefect
 def test_sandbox_up_run_status_down(prefect_db, tmp_path):
     from prefect.settings import PREFECT_API_URL
 
-    env = {"PREFECT_EGI_SANDBOX_DIR": str(tmp_path / "sandbox"), "PREFECT_API_URL": PREFECT_API_URL.value()}
-    before = sandbox_processes()
+    mark = uuid.uuid4().hex
+    env = {"PREFECT_EGI_SANDBOX_DIR": str(tmp_path / "sandbox"), "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "EGI_TEST_MARK": mark}
     try:
         up = egi_flows("sandbox", "up", "--no-hub", env=env)
         assert up.returncode == 0, up.stdout + up.stderr
@@ -76,4 +79,4 @@ def test_sandbox_up_run_status_down(prefect_db, tmp_path):
         down = egi_flows("sandbox", "down", env=env)
     assert down.returncode == 0 and "The sandbox is down." in down.stdout
     assert egi_flows("sandbox", "status", env=env).returncode == 1
-    assert sandbox_processes() <= before
+    assert processes_marked(mark) == set()

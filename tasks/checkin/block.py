@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from tasks.block_base import EgiBlock
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
+from tasks.block_base import EgiBlock
 from tasks.checkin.errors import IssuerUnreachableError
 from tasks.checkin.identity import Identity, identify
 from tasks.checkin.oidc import DEFAULT_SCOPE, EGI_CHECKIN_ISSUER, OidcClient
@@ -24,7 +24,7 @@ from tasks.checkin.sources import (
     TokenSource,
 )
 from tasks.checkin.tokens import AccessToken
-from tasks.http import tls_verify
+from tasks.http import require_https, tls_verify
 from tasks.redaction import register_all
 
 
@@ -86,10 +86,7 @@ class CheckinCredentials(EgiBlock):
     @field_validator("issuer")
     @classmethod
     def _issuer_is_https(cls, value: str) -> str:
-        value = value.rstrip("/")
-        if not value.startswith(("https://", "http://127.0.0.1", "http://localhost")):
-            raise ValueError("issuer must be an https:// URL (plain http only for 127.0.0.1/localhost)")
-        return value
+        return require_https(value, "issuer")
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
