@@ -36,9 +36,10 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def cancel_while_running(module: str, flow: str, parameters: dict, cwd):
-    """Serve `flows.<module>:<flow>`, start a run, cancel it through the API once its
-    remote work is recorded; returns (final state type, the run's ledger, its submission)."""
+def cancel_while_running(module: str, flow: str, parameters: dict, cwd, service: str | None = None):
+    """Serve `flows.<module>:<flow>`, start a run, cancel it through the API once its remote
+    work (of `service`, else its only work) is recorded; returns (final state type, the run's
+    ledger, that submission)."""
     name = f"cancel-{uuid.uuid4().hex[:6]}"
     server = serve(module, flow, name, cwd)
     try:
@@ -47,7 +48,11 @@ def cancel_while_running(module: str, flow: str, parameters: dict, cwd):
             deployment = wait_for(lambda: _deployment(client, f"{flow_name}/{name}"), 60, "the served deployment")
             run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
             ledger = JobLedger(run.id)
-            (submission,) = wait_for(lambda: asyncio.run(ledger.submissions()), 60, "the remote work to be recorded")
+            def recorded():
+                found = asyncio.run(ledger.submissions())
+                return [s for s in found if service in (None, s.service)]
+
+            (submission,) = wait_for(recorded, 90, "the remote work to be recorded")
             client.set_flow_run_state(run.id, Cancelling(), force=True)
             final = wait_for(lambda: _final(client, run.id), 60, "the run to end")
         return final, ledger, submission
@@ -111,3 +116,20 @@ def _deployment(client, name: str):
 def _final(client, run_id):
     state = client.read_flow_run(run_id).state
     return state.type if state and state.is_final() else None
+
+
+def test_cancelling_the_pipeline_kills_its_grid_jobs(prefect_db, checkin, dataminer, diracx, tmp_path):
+    """The whole pipeline, served in another process and cancelled from the API while its DIRAC
+    jobs wait (no pilot runs them): the hook finds them in the run's ledger and kills them."""
+    suffix = uuid.uuid4().hex[:6]
+    checkin.credentials().save(f"ck-{suffix}", overwrite=True)
+    dataminer.block().save(f"dm-{suffix}", overwrite=True)
+    diracx.block().save(f"dx-{suffix}", overwrite=True)
+    final, _, submission = cancel_while_running("pipeline", "egi_pipeline", {
+        "work_items": {"inputs": {"items": 3}}, "vms": False, "checkin_block": f"ck-{suffix}",
+        "dataminer_block": f"dm-{suffix}", "diracx_block": f"dx-{suffix}", "destination": str(tmp_path)},
+        tmp_path, service="dirac")
+    adapter = diracx.block().job_adapter()
+    statuses = wait_for(lambda: _all_killed(adapter, submission.job_ids), 30, "the jobs to be killed")
+    assert final == StateType.CANCELLED
+    assert len(statuses) == 3
