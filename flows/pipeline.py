@@ -59,7 +59,7 @@ class GridJobs(BaseModel):
 
 
 class Summary(BaseModel):
-    """A DataMiner algorithm run over the grid results (a CSV: item, job_id, output_bytes)."""
+    """A DataMiner algorithm run over the grid results (a CSV: item_index, job_id, output_bytes)."""
 
     process: str = Field(default="CSV_SUMMARY", description="Algorithm (short name or full id).")
     table_input: str = Field(default="table", description="Its input that receives the results table.")
@@ -162,15 +162,17 @@ async def grid_stage(diracx: DiracX, spec: GridJobs, items: list[str], destinati
 
 
 def _results_table(items: list[str], grid: DiracBatchReport, path: Path) -> Path:
-    """item, job_id, output_bytes for every job that finished (the summary algorithm's input)."""
-    outputs = sorted(grid.outputs, key=lambda o: o.job_id)
+    """One numeric row per work item whose job finished — its position in the item list, its
+    final job id, the bytes its output sandbox holds — as the summary algorithm's input."""
+    outputs = {o.job_id: o for o in grid.outputs if o.path}
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["index", "job_id", "output_bytes"])
-        for index, out in enumerate(outputs):
-            size = sum(f.stat().st_size for f in Path(out.path).rglob("*") if f.is_file()) if out.path else 0
-            writer.writerow([index, out.job_id, size])
+        writer.writerow(["item_index", "job_id", "output_bytes"])
+        for index, (_item, job_id) in enumerate(zip(items, grid.jobs)):
+            if job_id in outputs:
+                folder = Path(outputs[job_id].path or "")
+                writer.writerow([index, job_id, sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())])
     return path
 
 
