@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -36,10 +37,11 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def cancel_while_running(module: str, flow: str, parameters: dict, cwd, service: str | None = None):
+def cancel_while_running(module: str, flow: str, parameters: dict, cwd, service: str | None = None,
+                         cli: bool = False):
     """Serve `flows.<module>:<flow>`, start a run, cancel it through the API once its remote
     work (of `service`, else its only work) is recorded; returns (final state type, the run's
-    ledger, that submission)."""
+    ledger, that submission). `cli`: cancel with `prefect flow-run cancel`, as a user would."""
     name = f"cancel-{uuid.uuid4().hex[:6]}"
     server = serve(module, flow, name, cwd)
     try:
@@ -53,7 +55,15 @@ def cancel_while_running(module: str, flow: str, parameters: dict, cwd, service:
                 return [s for s in found if service in (None, s.service)]
 
             (submission,) = wait_for(recorded, 90, "the remote work to be recorded")
-            client.set_flow_run_state(run.id, Cancelling(), force=True)
+            if cli:
+                from prefect.settings import PREFECT_API_URL
+
+                done = subprocess.run([str(Path(sys.executable).with_name("prefect")), "flow-run", "cancel",
+                                       str(run.id)], capture_output=True, text=True, timeout=120,
+                                      env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
+                assert done.returncode == 0, done.stdout + done.stderr
+            else:
+                client.set_flow_run_state(run.id, Cancelling(), force=True)
             final = wait_for(lambda: _final(client, run.id), 60, "the run to end")
         return final, ledger, submission
     finally:
@@ -118,9 +128,9 @@ def _final(client, run_id):
     return state.type if state and state.is_final() else None
 
 
-def test_cancelling_the_pipeline_kills_its_grid_jobs(prefect_db, checkin, dataminer, diracx, tmp_path):
-    """The whole pipeline, served in another process and cancelled from the API while its DIRAC
-    jobs wait (no pilot runs them): the hook finds them in the run's ledger and kills them."""
+def test_cancelling_the_pipeline_from_the_cli_kills_its_grid_jobs(prefect_db, checkin, dataminer, diracx, tmp_path):
+    """The whole pipeline, served in another process and cancelled with `prefect flow-run cancel`
+    while its DIRAC jobs wait (no pilot runs them): the hook finds them in the ledger and kills them."""
     suffix = uuid.uuid4().hex[:6]
     checkin.credentials().save(f"ck-{suffix}", overwrite=True)
     dataminer.block().save(f"dm-{suffix}", overwrite=True)
@@ -128,7 +138,7 @@ def test_cancelling_the_pipeline_kills_its_grid_jobs(prefect_db, checkin, datami
     final, _, submission = cancel_while_running("pipeline", "egi_pipeline", {
         "work_items": {"inputs": {"items": 3}}, "vms": False, "checkin_block": f"ck-{suffix}",
         "dataminer_block": f"dm-{suffix}", "diracx_block": f"dx-{suffix}", "destination": str(tmp_path)},
-        tmp_path, service="dirac")
+        tmp_path, service="dirac", cli=True)
     adapter = diracx.block().job_adapter()
     statuses = wait_for(lambda: _all_killed(adapter, submission.job_ids), 30, "the jobs to be killed")
     assert final == StateType.CANCELLED
