@@ -70,19 +70,32 @@ def run_demo(home: str | None = None, say: Callable[[str], None] = print, hub: b
 
 
 def _show(flow_run_id: object, say: Callable[[str], None]) -> list[str]:
-    """Print the run's artifacts as the UI lists them (markdown as text, tables as rows)."""
+    """Print the run's artifacts as the UI shows them: the report's markdown, tables as rows,
+    progress as a percentage."""
+    import json
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-    keys = []
-    for artifact in sorted(artifacts, key=lambda a: a.created or 0):
-        keys.append(artifact.key or artifact.type or "")
-        if artifact.type == "markdown" and artifact.key == "egi-pipeline":
-            say("")
-            say(str(artifact.data))
-            say("")
-    say("Artifacts in the Prefect UI: " + ", ".join(sorted({k for k in keys if k})))
-    return keys
+    artifacts = sorted(artifacts, key=lambda a: str(a.created or ""))
+    say("Artifacts in the Prefect UI:")
+    for artifact in artifacts:
+        title = artifact.key or artifact.description or artifact.type
+        if artifact.type == "progress":
+            say(f"  [progress] {artifact.description}: {float(artifact.data or 0):.0f} %")
+        elif artifact.type == "table":
+            rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+            say(f"  [table] {title}: {len(rows)} row(s)")
+            for row in rows[:4]:
+                say("      " + " | ".join(str(v) for v in (row.values() if isinstance(row, dict) else row)))
+        elif artifact.type == "markdown" and artifact.key != "egi-pipeline":
+            say(f"  [markdown] {title}")
+    report = next((a for a in artifacts if a.key == "egi-pipeline"), None)
+    if report is not None:
+        say("")
+        say(str(report.data))
+        say("")
+    return [a.key or a.type or "" for a in artifacts]

@@ -45,7 +45,7 @@ def test_the_demo_runs_the_pipeline_and_cleans_up(tmp_path):
                  "# EGI pipeline", "| work items | 5 from DataMiner GRID_SPLITTER |", "DIRAC jobs done",
                  "VM(s) of vo.access.egi.eu on 2/4 site(s)", "Artifacts in the Prefect UI:", "Sandbox stopped."):
         assert line in out, line
-    assert "egi-pipeline" in out and "vm-inventory" in out
+    assert "[progress] " in out and " 100 %" in out and "[table] vm-inventory: 6 row(s)" in out
     assert processes_marked(mark) == set()
 
 
