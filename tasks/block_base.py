@@ -31,6 +31,11 @@ class EgiBlock(Block):
         """The saved block named `name` (`await cls.aload(name)` in async code)."""
         return _value(cls.aload(name, validate=validate, client=client))
 
+    @classmethod
+    def resolve(cls, block: "Self | str") -> Self:
+        """The block itself, or the saved block of that name: how our tasks accept either."""
+        return block if isinstance(block, cls) else cls.load(block)
+
     def save(self, name: str | None = None, overwrite: bool = False, client: Any = None,  # type: ignore[override]
              **_: Any) -> UUID:
         """Save this block as `name` (`await block.asave(name)` in async code)."""

@@ -164,11 +164,8 @@ def _safe_name(text: str) -> str:
 
 
 def _dataminer(block: DataMiner | str | None) -> DataMiner:
-    if isinstance(block, DataMiner):
-        return block
-    if isinstance(block, str):
-        return DataMiner.load(block, _sync=True)  # type: ignore[call-arg]
-    return DataMiner()
+    """The block, the saved block of that name, or the default one (GCUBE_TOKEN, EGI's DataMiner)."""
+    return DataMiner() if block is None else DataMiner.resolve(block)
 
 
 # -- tasks ---------------------------------------------------------------------------------------

@@ -477,16 +477,11 @@ async def collect(block: DiracX, job_ids: Sequence[int], destination: str | Path
     return await block.job_adapter().call(everything)
 
 
-def diracx_block(block: DiracX | str) -> DiracX:
-    """The block itself, or the saved block of that name."""
-    return block if isinstance(block, DiracX) else DiracX.load(block, _sync=True)  # type: ignore[call-arg]
-
-
 @task(name="dirac-submit")
 @redact_errors
 async def submit_jobs(diracx: DiracX | str, jobs: Sequence[DiracJob]) -> list[int]:
     """Submit jobs (parametric ones expand to one job per parameter); never twice per flow run."""
-    return await submit(diracx_block(diracx), jobs)
+    return await submit(DiracX.resolve(diracx), jobs)
 
 
 @task(name="dirac-wait", retries=3, retry_delay_seconds=[60, 300, 900], retry_condition_fn=retry_if_watch_may_recover)
@@ -494,7 +489,7 @@ async def submit_jobs(diracx: DiracX | str, jobs: Sequence[DiracJob]) -> list[in
 async def wait_for_jobs(diracx: DiracX | str, job_ids: Sequence[int],
                         policy: WatchPolicy | None = None) -> dict[str, JobStatus]:
     """Wait for every job with ONE status request per cycle (progress, events, table in the UI)."""
-    adapter = diracx_block(diracx).job_adapter()
+    adapter = DiracX.resolve(diracx).job_adapter()
     return await watch(adapter, [str(j) for j in job_ids], policy, PrefectReporter(adapter, "DIRAC jobs"))
 
 
@@ -503,20 +498,20 @@ async def wait_for_jobs(diracx: DiracX | str, job_ids: Sequence[int],
 async def fetch_job_outputs(diracx: DiracX | str, job_ids: Sequence[int],
                             destination: str = "dirac-outputs") -> list[JobOutput]:
     """Download every job's output sandbox into `<destination>/<job id>/`."""
-    return await collect(diracx_block(diracx), job_ids, destination)
+    return await collect(DiracX.resolve(diracx), job_ids, destination)
 
 
 @task(name="dirac-resubmit")
 @redact_errors
 async def resubmit_jobs(diracx: DiracX | str, job_ids: Sequence[int], attempt: int = 1) -> dict[int, int]:
     """Submit failed jobs again as new jobs; returns {old id: new id}."""
-    return await resubmit(diracx_block(diracx), job_ids, attempt)
+    return await resubmit(DiracX.resolve(diracx), job_ids, attempt)
 
 
 @task(name="dirac-kill")
 @redact_errors
 async def kill_jobs(diracx: DiracX | str, job_ids: Sequence[int]) -> dict[str, str]:
     """Kill jobs; returns each job's status as the server reports it afterwards."""
-    statuses = await diracx_block(diracx).job_adapter().cancel([str(j) for j in job_ids])
+    statuses = await DiracX.resolve(diracx).job_adapter().cancel([str(j) for j in job_ids])
     return {job: status.detail.get("status", status.state.value) for job, status in statuses.items()}
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.dirac import DiracX, diracx_block, engine_error
+from tasks.dirac import DiracX, engine_error
 from tasks.redaction import redact_errors, register_all
 from tasks.remote import TransientServiceError, in_run, run_logger
 
@@ -144,7 +144,7 @@ async def dirac_login(diracx: DiracX | str, deadline_seconds: float = 600.0) -> 
         diracx: the DiracX block (or its saved name) to log in for.
         deadline_seconds: how long to wait for the user to approve.
     """
-    block = diracx_block(diracx)
+    block = DiracX.resolve(diracx)
     path = await device_login(block, deadline_seconds=deadline_seconds,
                               on_code=lambda code: _tell_the_user(block, code))
     return str(path)

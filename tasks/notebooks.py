@@ -48,10 +48,6 @@ class NotebooksHub(EgiBlock):
                          timeout=self.timeout_seconds)
 
 
-def _hub(block: NotebooksHub | str) -> NotebooksHub:
-    return block if isinstance(block, NotebooksHub) else NotebooksHub.load(block, _sync=True)  # type: ignore[call-arg]
-
-
 class ServerWaitFailed(RuntimeError):
     """The server did not reach the state asked for before the deadline (or its start failed)."""
 
@@ -60,7 +56,7 @@ class ServerWaitFailed(RuntimeError):
 @redact_errors
 async def hub_version(hub: NotebooksHub | str = "notebooks") -> str:
     """The hub's JupyterHub version (needs no token)."""
-    async with _hub(hub).client() as client:
+    async with NotebooksHub.resolve(hub).client() as client:
         return await client.version()
 
 
@@ -68,7 +64,7 @@ async def hub_version(hub: NotebooksHub | str = "notebooks") -> str:
 @redact_errors
 async def hub_user(hub: NotebooksHub | str = "notebooks") -> HubUser:
     """The current user as the hub sees them: name, groups, servers, last activity."""
-    async with _hub(hub).client() as client:
+    async with NotebooksHub.resolve(hub).client() as client:
         return await client.me()
 
 
@@ -76,7 +72,7 @@ async def hub_user(hub: NotebooksHub | str = "notebooks") -> HubUser:
 @redact_errors
 async def hub_users(hub: NotebooksHub | str = "notebooks") -> list[HubUser]:
     """Every hub user (hub admins only: others get a clear 403 error)."""
-    async with _hub(hub).client() as client:
+    async with NotebooksHub.resolve(hub).client() as client:
         return await client.users()
 
 
@@ -98,7 +94,7 @@ async def _wait(client: HubClient, user: str, server: str, target: str, deadline
 async def start_server(hub: NotebooksHub | str = "notebooks", server: str = "",
                        options: dict[str, Any] | None = None, deadline_seconds: float = 600.0) -> HubServer:
     """Start my server (or a named one, with spawner options) and wait until it is ready."""
-    async with _hub(hub).client() as client:
+    async with NotebooksHub.resolve(hub).client() as client:
         me = await client.me()
         await client.start(me.name, server, options)
         user = await _wait(client, me.name, server, "ready", deadline_seconds)
@@ -110,7 +106,7 @@ async def start_server(hub: NotebooksHub | str = "notebooks", server: str = "",
 async def stop_server(hub: NotebooksHub | str = "notebooks", server: str = "",
                       deadline_seconds: float = 300.0) -> HubUser:
     """Stop my server (or a named one) and wait until it is gone."""
-    async with _hub(hub).client() as client:
+    async with NotebooksHub.resolve(hub).client() as client:
         me = await client.me()
         await client.stop(me.name, server)
         return await _wait(client, me.name, server, "stopped", deadline_seconds)

@@ -93,10 +93,6 @@ class Inventory(BaseModel):
         return "\n".join(lines)
 
 
-def _fedcloud(block: FedCloud | str) -> FedCloud:
-    return block if isinstance(block, FedCloud) else FedCloud.load(block, _sync=True)  # type: ignore[call-arg]
-
-
 def _choose(block: FedCloud, names: Sequence[str] | None) -> list[Site]:
     sites = block.all_sites()
     if not names:
@@ -147,7 +143,7 @@ def keep(vms: Sequence[VM], status: Sequence[str] | None = None, name_pattern: s
 @redact_errors
 async def list_servers(fedcloud: FedCloud | str, site: str, vo: str | None = None) -> SiteServers:
     """The VMs of one site (a failing site is reported in the result, not raised)."""
-    block = _fedcloud(fedcloud)
+    block = FedCloud.resolve(fedcloud)
     chosen = _choose(block, [site])[0]
     vo = vo or block.default_vo
     if not vo:
@@ -160,7 +156,7 @@ async def list_servers(fedcloud: FedCloud | str, site: str, vo: str | None = Non
 async def vm_inventory(fedcloud: FedCloud | str, vo: str | None = None, sites: Sequence[str] | None = None,
                        status: Sequence[str] | None = None, name_pattern: str | None = None) -> Inventory:
     """Every VM of the VO on many sites, concurrently; per-site failures recorded, not raised."""
-    block = _fedcloud(fedcloud)
+    block = FedCloud.resolve(fedcloud)
     vo = vo or block.default_vo
     if not vo:
         raise ValueError("vo: name a VO (or set default_vo on the FedCloud block)")
