@@ -121,6 +121,7 @@ class PeerState:
     revoked_jti: set[str] = field(default_factory=set)
     counters: Counter[str] = field(default_factory=Counter)
     faults: dict[str, Fault] = field(default_factory=dict)
+    issued: list[str] = field(default_factory=list)  # every token minted, for leak sweeps; never reset
     lock: threading.Lock = field(default_factory=threading.Lock)
     key: RSAKey = field(default_factory=lambda: RSAKey.generate_key(2048, parameters={"kid": uuid.uuid4().hex, "use": "sig", "alg": "RS256"}))
 
@@ -152,12 +153,12 @@ class PeerState:
             "eduperson_entitlement": profile.get("eduperson_entitlement", []),
         }
         header = {"alg": "RS256", "typ": "JWT", "kid": self.key.kid}
-        return jwt.encode(header, claims, self.key), lifetime
+        return self.minted(jwt.encode(header, claims, self.key)), lifetime
 
     def refresh_token(self, user: str, client_id: str, scope: str) -> str:
         token = secrets.token_urlsafe(48)
         self.grants[token] = Grant(user, client_id, scope, time.time() + self.refresh_token_lifetime)
-        return token
+        return self.minted(token)
 
     def decode(self, token: str) -> dict[str, Any] | None:
         """Claims of one of our valid, unrevoked access tokens, else None."""
@@ -182,7 +183,11 @@ class PeerState:
                   "preferred_username": user, "name": profile.get("name", user), "email": profile.get("email")}
         if nonce:
             claims["nonce"] = nonce
-        return jwt.encode({"alg": "RS256", "typ": "JWT", "kid": self.key.kid}, claims, self.key)
+        return self.minted(jwt.encode({"alg": "RS256", "typ": "JWT", "kid": self.key.kid}, claims, self.key))
+
+    def minted(self, token: str) -> str:
+        self.issued.append(token)
+        return token
 
     def token_response(self, user: str, client_id: str, scope: str, refresh: bool = True) -> dict[str, Any]:
         access, lifetime = self.access_token(user, client_id, scope)
@@ -291,6 +296,8 @@ class Handler(BaseHTTPRequestHandler):
             with self.state.lock:
                 counters = dict(self.state.counters)
             return self._send(200, counters)
+        if path == "/_peer/issued":
+            return self._send(200, list(self.state.issued))
         self._send(404, {"error": "not_found"})
 
     def do_POST(self) -> None:
