@@ -28,6 +28,11 @@ sys.path.append(str(REPO))
 import httpx  # noqa: E402
 import pytest  # noqa: E402
 
+from leak_sweep import capture_session_logs  # noqa: E402
+
+SESSION_LOG = Path(_HOME) / "session.log"
+capture_session_logs(SESSION_LOG)
+
 from deployments.sandbox.peers import PeerProcess, start_peer  # noqa: E402
 
 TOKEN_ENV = (
@@ -43,8 +48,10 @@ TOKEN_ENV = (
 
 
 def pytest_collection_modifyitems(config, items):
-    """Whole-system tests (`@pytest.mark.system`) run once per CI build: `.ci/run` sets
-    EGI_SKIP_SYSTEM_TESTS=1 for the second interpreter, whose purpose is owslib 0.36."""
+    """The security sweep runs last, after every flow of the session. Whole-system tests
+    (`@pytest.mark.system`) run once per CI build: `.ci/run` sets EGI_SKIP_SYSTEM_TESTS=1
+    for the second interpreter, whose purpose is owslib 0.36."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_security_sweep.py"))
     if os.environ.get("EGI_SKIP_SYSTEM_TESTS") == "1":
         skip = pytest.mark.skip(reason="EGI_SKIP_SYSTEM_TESTS=1 (they ran on the first interpreter)")
         for item in items:
@@ -142,23 +149,26 @@ def database_bytes(db: Path) -> bytes:
     return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
 
 
+def sweep_roots(db: Path) -> list[Path]:
+    """Everywhere this session's runs stored something: the harness database, PREFECT_HOME
+    (results, the session log) and every real Prefect stack a test started."""
+    from leak_sweep import STACK_ROOTS
+
+    return [db.parent, Path(_HOME), *STACK_ROOTS]
+
+
 def _sweep_for_secrets(db: Path) -> None:
-    """After every flow of the session ran: no token or block secret handled by this
-    process may be stored in Prefect's database or under PREFECT_HOME."""
+    """After every flow of the session ran: no secret our code handled in this process
+    (the redaction registry) is stored anywhere a run leaves things."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
+    from leak_sweep import sweep
     from tasks import redaction
 
     APILogWorker.drain_all(timeout=10)
     EventsWorker.drain_all(timeout=10)
-    stored = database_bytes(db)
-    home = [p for p in Path(_HOME).rglob("*") if p.is_file()]
-    leaks = []
-    for secret in redaction._ordered:
-        if secret.encode() in stored:
-            leaks.append(f"database holds a secret of length {len(secret)}")
-        leaks += [f"{p} holds a secret" for p in home if secret.encode() in p.read_bytes()]
+    leaks = sweep(redaction._ordered, sweep_roots(db))
     assert not leaks, leaks
 
 

@@ -330,7 +330,10 @@ def start_server(root: Path, timeout: float = 120, attempts: int = 3) -> Prefect
     """`prefect server start` on a free port of 127.0.0.1, its own PREFECT_HOME and SQLite DB,
     the UI on, telemetry and the scheduler service off; returns once /api/health answers.
     (A port taken between choosing and binding it means another try on a new port.)"""
+    from leak_sweep import STACK_ROOTS
+
     root.mkdir(parents=True, exist_ok=True)
+    STACK_ROOTS.append(root)
     stack_id = uuid.uuid4().hex
     for attempt in range(1, attempts + 1):
         try:

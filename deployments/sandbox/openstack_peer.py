@@ -229,6 +229,7 @@ class Peer:
     jwks: Jwks
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    issued: list[str] = field(default_factory=list)  # every Keystone token minted, for leak sweeps
 
 
 # (methods, counter name, path pattern, handler method: none may be named like an attribute
@@ -346,6 +347,7 @@ class SiteHandler(Quiet):
         with self.peer.lock:
             self.site.tokens = {k: t for k, t in self.site.tokens.items() if t.expires_at > now}  # forget expired ones
             self.site.tokens[token_id] = token
+            self.peer.issued.append(token_id)
         body: dict[str, Any] = {"methods": token.methods, "user": token.user, "audit_ids": token.audit_ids,
                                 "expires_at": iso(token.expires_at, micro=True),
                                 "issued_at": iso(token.issued_at, micro=True)}
@@ -574,6 +576,9 @@ class ControlHandler(Quiet):
     """`/_peer/*`: counters, faults and modes of all sites."""
 
     def do_GET(self) -> None:
+        if urlsplit(self.path).path == "/_peer/issued":
+            with self.peer.lock:
+                return self._send(200, list(self.peer.issued))
         if urlsplit(self.path).path != "/_peer/stats":
             return self._send(404, {"error": "not_found"})
         with self.peer.lock:
