@@ -94,7 +94,8 @@ class DataMiner(EgiBlock):
 
     def client(self) -> WPSClient:
         return WPSClient(self.url, token=self.token(), token_mode=self.token_mode,
-                         verify=tls_verify(self.verify_tls, self.ca_bundle), timeout=self.timeout_seconds)
+                         verify=tls_verify(self.verify_tls, self.ca_bundle, what=f"DataMiner {self.url}"),
+                         timeout=self.timeout_seconds)
 
     def job_adapter(self) -> "DataMinerAdapter":
         return DataMinerAdapter(self.client())

@@ -30,7 +30,7 @@ from prefect import task
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from tasks.block_base import EgiBlock
-from tasks.http import require_https
+from tasks.http import certificate_error, is_certificate_failure, require_https, tls_verify
 from tasks.job_ledger import JobLedger, Submission, submission_key
 from tasks.redaction import redact_errors, register_all
 from tasks.remote import (
@@ -249,7 +249,8 @@ class DiracX(EgiBlock):
 
         preferences = DiracxPreferences(url=self.url, credentials_path=self.usable_credentials(),
                                         **({"ca_path": self.ca_bundle} if self.ca_bundle else {}))
-        return AsyncDiracClient(diracx_preferences=preferences, verify=self.verify_tls,
+        return AsyncDiracClient(diracx_preferences=preferences,
+                                verify=tls_verify(self.verify_tls, what=f"DiracX {self.url}"),
                                 connection_timeout=10, read_timeout=self.timeout_seconds)
 
     def job_adapter(self) -> "DiracAdapter":
@@ -262,12 +263,14 @@ class ExpiredCredentials(ValueError):
 
 # -- the adapter ---------------------------------------------------------------------------------
 
-def engine_error(exc: BaseException) -> BaseException:
+def engine_error(exc: BaseException, url: str = "the server") -> BaseException:
     """azure-core and httpx2 (diracx-client's HTTP stack) errors → the engine's
     transient / credentials vocabulary."""
     import httpx2
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 
+    if is_certificate_failure(exc):  # not transient: retrying cannot make the certificate verify
+        return certificate_error("DiracX", url)
     if isinstance(exc, httpx2.TransportError):  # e.g. the client's discovery while the server restarts
         return TransientServiceError(f"DiracX unreachable: {type(exc).__name__}")
     if isinstance(exc, RuntimeError) and ".well-known" in str(exc):
@@ -305,7 +308,7 @@ class DiracAdapter(RemoteJobAdapter):
             async with self.block.client() as api:
                 return await action(api)
         except Exception as exc:
-            mapped = engine_error(exc)
+            mapped = engine_error(exc, self.block.url)
             if mapped is exc:
                 raise
             raise mapped from None

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from tasks.http import require_https
+from tasks.http import is_certificate_failure, require_https
 
 #: where fedcloudclient keeps site configuration (same format as fedcloud-catchall-operations)
 SITE_CONFIG_DIR = "~/.config/fedcloud/site-config"
@@ -102,7 +102,7 @@ class SiteFailure(BaseModel):
     """Why a site gave no VMs, in words a user can act on."""
 
     site: str
-    kind: str  # unreachable | timeout | unauthorized | vo-not-supported | server-error | error
+    kind: str  # unreachable | timeout | tls | unauthorized | vo-not-supported | server-error | error
     message: str
 
 
@@ -240,9 +240,12 @@ def classify(site: str, exc: BaseException) -> SiteFailure:
     except ImportError:  # pragma: no cover - novaclient is a dependency
         nova_unauthorized = nova_server = ()
     status = getattr(exc, "http_status", None) or getattr(exc, "code", None)
+    if isinstance(exc, ks.SSLError) or is_certificate_failure(exc):
+        return SiteFailure(site=site, kind="tls", message="the site's TLS certificate did not verify; give the CA "
+                           "bundle that signed it (ca_bundle) — verification stays on")
     if isinstance(exc, (ks.ConnectTimeout, ks.RequestTimeout)):
         return SiteFailure(site=site, kind="timeout", message=f"no answer within the timeout ({type(exc).__name__})")
-    if isinstance(exc, (ks.ConnectFailure, ks.DiscoveryFailure, ks.SSLError)):
+    if isinstance(exc, (ks.ConnectFailure, ks.DiscoveryFailure)):
         return SiteFailure(site=site, kind="unreachable", message=f"{type(exc).__name__}: {_first_line(exc)}")
     if isinstance(exc, ks.Unauthorized) or isinstance(exc, nova_unauthorized) or status == 401:
         return SiteFailure(site=site, kind="unauthorized",

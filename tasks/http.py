@@ -7,6 +7,7 @@ clear error. Anything else (4xx) is returned to the caller to interpret.
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
 from dataclasses import dataclass
@@ -46,21 +47,37 @@ def require_https(url: str, what: str) -> str:
     return url
 
 
-def tls_verify(verify: bool = True, ca_bundle: str | None = None) -> bool | ssl.SSLContext:
+_warned_unverified: set[str] = set()
+
+
+def tls_verify(verify: bool = True, ca_bundle: str | None = None, *, what: str = "a server") -> bool | ssl.SSLContext:
     """What to give httpx's `verify`: on by default, a CA bundle when one is named.
-    Verification is only ever off when a caller says `verify=False` explicitly."""
+    Verification is only ever off when a user turns `verify_tls` off explicitly — and
+    then never silently: a warning (once per service and process) says what it costs."""
     if ca_bundle:
         return ssl.create_default_context(cafile=ca_bundle)
+    if not verify and what not in _warned_unverified:
+        _warned_unverified.add(what)
+        logging.getLogger("prefect_egi.tls").warning(
+            "TLS certificate verification is OFF for %s (verify_tls=False): anyone on the network path can "
+            "read the credentials sent to it. Give the CA bundle that signed its certificate (ca_bundle) instead.",
+            what)
     return verify
 
 
-def _is_certificate_failure(exc: BaseException) -> bool:
+def is_certificate_failure(exc: BaseException) -> bool:
+    """Whether `exc` (or anything it was raised from) is a failed certificate verification."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def certificate_error(what: str, url: str) -> TLSVerificationError:
+    return TLSVerificationError(f"{what} ({url}): the server's TLS certificate did not verify; "
+                                "give the CA bundle that signed it (ca_bundle) — verification stays on")
 
 
 def describe_failure(failure: BaseException | httpx.Response) -> str:
@@ -77,11 +94,8 @@ _RETRYABLE = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolEr
 def _judge(what: str, url: str, outcome: httpx.Response | BaseException) -> httpx.Response | None:
     """The response to return, or None to try again; certificate failures raise at once."""
     if isinstance(outcome, BaseException):
-        if _is_certificate_failure(outcome):
-            raise TLSVerificationError(
-                f"{what} ({url}): the server's TLS certificate did not verify; "
-                "give the CA bundle that signed it (ca_bundle) — verification stays on"
-            ) from None
+        if is_certificate_failure(outcome):
+            raise certificate_error(what, url) from None
         return None
     return None if outcome.status_code in TRANSIENT_STATUS else outcome
 

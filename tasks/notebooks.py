@@ -44,7 +44,8 @@ class NotebooksHub(EgiBlock):
         return require_https(value, "url")
 
     def client(self) -> HubClient:
-        return HubClient(self.url, self.checkin.aget_access_token, verify=tls_verify(self.verify_tls, self.ca_bundle),
+        return HubClient(self.url, self.checkin.aget_access_token,
+                         verify=tls_verify(self.verify_tls, self.ca_bundle, what=f"the hub {self.url}"),
                          timeout=self.timeout_seconds)
 
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 from tasks.block_base import EgiBlock
 from tasks.checkin import CheckinCredentials
 from tasks.fedcloud import SITE_CONFIG_DIR, VM, Site, SiteFailure, SitePool, SiteServers, load_site_configs, site_servers
+from tasks.http import tls_verify
 from tasks.redaction import redact_errors
 from tasks.remote import in_run, run_logger
 
@@ -63,7 +64,7 @@ class FedCloud(EgiBlock):
         if self._pool is None:
             # keystoneauth takes a CA bundle path (not an SSLContext) or a bool
             self._pool = SitePool(self.checkin.get_access_token, self.timeout_seconds,
-                                  self.ca_bundle or self.verify_tls)
+                                  self.ca_bundle or tls_verify(self.verify_tls, what="the FedCloud sites"))
         return self._pool
 
 

@@ -99,7 +99,7 @@ class CheckinCredentials(EgiBlock):
             client_id=self.client_id,
             client_secret=self.client_secret,
             scope=self.scope,
-            verify=tls_verify(self.verify_tls, self.ca_bundle),
+            verify=tls_verify(self.verify_tls, self.ca_bundle, what=f"Check-in {self.issuer}"),
             timeout=self.timeout_seconds,
         )
 
