@@ -1,6 +1,6 @@
 """DataMiner waits: ours vs owslib's `monitorExecution(sleepSecs=5)`, in one run.
 
-    python tests/benchmarks/bench_dataminer.py [--durations 2 10 30]
+    python tests/benchmarks/bench_dataminer.py [--durations 2 10 30] [--repeat 3] [--json PATH]
 
 Against the local PyWPS DataMiner peer, for SLOW_COUNTER jobs of each duration:
 - detection latency: when the waiter saw the end − when the server wrote the
@@ -10,12 +10,14 @@ Then with the token revoked mid-job: what each waiter does (owslib's is cut
 after 2 s). 7 s and 23 s jobs show owslib off its 5 s grid.
 Targets: median latency ≤ 0.5 s up to 10 s jobs, ≤ 10% of the runtime beyond,
 no more requests than owslib; under errors one request per backoff step.
+`--json PATH` also writes the measured numbers there (for `run_all.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -79,8 +81,8 @@ def _owslib_spin(wps_url: str, token: str, status_location: str) -> None:
     monitorExecution(execution, sleepSecs=5)
 
 
-def revoked(peer, block: DataMiner) -> tuple[str, str]:
-    """What each waiter does once the token is revoked mid-job."""
+def revoked(peer, block: DataMiner) -> tuple[str, str, dict]:
+    """What each waiter does once the token is revoked mid-job (texts, and the numbers)."""
     import threading
 
     from owslib.wps import monitorExecution
@@ -93,7 +95,11 @@ def revoked(peer, block: DataMiner) -> tuple[str, str]:
         asyncio.run(watch(block.job_adapter(), [job], WatchPolicy()))
         ours = "kept waiting"
     except WatchGaveUp:
-        ours = f"{status_requests(peer) - before} requests in {time.time() - started:.1f} s, then a clear error"
+        ours = "then a clear error"
+    requests, seconds = status_requests(peer) - before, time.time() - started
+    numbers = {"ours": {"requests": requests, "seconds": seconds, "outcome": ours.removeprefix("then ")}}
+    if ours != "kept waiting":
+        ours = f"{requests} requests in {seconds:.1f} s, {ours}"
     peer.control("restore", token=token)
 
     execution = owslib_execution(peer, 20)
@@ -112,9 +118,11 @@ def revoked(peer, block: DataMiner) -> tuple[str, str]:
     waiter.start()
     waiter.join(2.0)
     requests = status_requests(peer) - before
+    seconds = min(time.time() - started, 2.0)
     peer.control("restore", token=token)
-    theirs = f"{requests} requests in {min(time.time() - started, 2.0):.1f} s, {outcome.get('end', 'still looping')}"
-    return ours, theirs
+    theirs = f"{requests} requests in {seconds:.1f} s, {outcome.get('end', 'still looping')}"
+    numbers["owslib"] = {"requests": requests, "seconds": seconds, "outcome": outcome.get("end", "still looping")}
+    return ours, theirs, numbers
 
 
 def median(values: list[float]) -> float:
@@ -126,7 +134,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--durations", type=float, nargs="+", default=[2, 7, 10, 23, 30])
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--json", help="also write the measured numbers to this file")
     args = parser.parse_args()
+    measured: dict = {"repeat": args.repeat, "jobs": []}
     peer = start_peer("dataminer", "dataminer_peer.py")
     try:
         block = DataMiner(url=peer.info["wps_url"], gcube_token=SecretStr(peer.info["token"]))
@@ -138,8 +148,14 @@ def main() -> None:
             req_o, req_b = median([m[1] for m in mine]), median([t[1] for t in theirs])
             print(f"{seconds:>5.0f}s {lat_o:>11.2f} {lat_b:>13.2f} {lat_o / lat_b:>6.2f} {req_o:>9} {req_b:>11} "
                   f"{req_o / req_b:>6.2f}")
-        ours_text, theirs_text = revoked(peer, block)
+            measured["jobs"].append({"seconds": seconds, "ours_latency_s": lat_o, "owslib_latency_s": lat_b,
+                                     "ours_requests": req_o, "owslib_requests": req_b,
+                                     "ours_runs": mine, "owslib_runs": theirs})
+        ours_text, theirs_text, measured["revoked"] = revoked(peer, block)
+        measured["revoked"]["error_backoff_s"] = WatchPolicy().error_backoff
         print(f"token revoked mid-job — ours: {ours_text}; owslib: {theirs_text}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(measured, indent=2))
     finally:
         peer.stop()
 

@@ -1,7 +1,7 @@
 """FedCloud VM inventory: ours (concurrent) vs a sequential loop vs a process per
 site (fedcloudclient's approach), in one run.
 
-    python tests/benchmarks/bench_inventory.py [--sites 30] [--repeat 3]
+    python tests/benchmarks/bench_inventory.py [--sites 30] [--repeat 3] [--json PATH]
 
 Against the local Check-in peer and `--sites` OpenStack stand-in sites, each
 answering every request 50–200 ms late (a fixed, seeded latency per site):
@@ -11,12 +11,14 @@ answering every request 50–200 ms late (a fixed, seeded latency per site):
   fedcloudclient does by shelling out to the `openstack` CLI), 30 at a time;
 - the slowest single site alone (the floor for any concurrent approach).
 Targets: ours within 1.5× of the slowest single site, ≥ 10× faster than sequential.
+`--json PATH` also writes the measured numbers there (for `run_all.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import subprocess
@@ -70,6 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sites", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", help="also write the measured numbers to this file")
     args = parser.parse_args()
     checkin = start_peer("checkin", "checkin_peer.py")
     names = [f"SITE-{i:02d}" for i in range(args.sites)]
@@ -105,11 +108,12 @@ def main() -> None:
                 list(threads.map(run, sites))
 
         slow_down(openstack, delays)
-        rows = {}
+        rows, runs_of = {}, {}
         for label, action in [("slowest single site", one_slowest), ("ours (concurrent)", ours),
                               ("sequential loop", sequential), ("process per site", process_per_site)]:
             runs = [timed(action) for _ in range(args.repeat if label != "process per site" else 1)]
             rows[label] = sorted(runs)[len(runs) // 2]
+            runs_of[label] = runs
         floor, mine = rows["slowest single site"], rows["ours (concurrent)"]
         print(f"{args.sites} sites, 50–200 ms per request, 20 VMs each; medians of {args.repeat} (process per site: 1 run)")
         print(f"{'approach':<22} {'wall s':>7} {'ours / it':>10}")
@@ -118,6 +122,11 @@ def main() -> None:
         print(f"ours is {mine / floor:.2f}x the slowest site (target <= 1.5), "
               f"{rows['sequential loop'] / mine:.1f}x faster than sequential (target >= 10), "
               f"{rows['process per site'] / mine:.1f}x faster than a process per site")
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "sites": args.sites, "repeat": args.repeat, "vms_per_site": 20,
+                "slowest_site_s": floor, "ours_s": mine, "sequential_s": rows["sequential loop"],
+                "process_per_site_s": rows["process per site"], "runs": runs_of}, indent=2))
     finally:
         openstack.stop()
         checkin.stop()
