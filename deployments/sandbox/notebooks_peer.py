@@ -32,8 +32,10 @@ front answers 502. EGI's hub mints its token for exp - iat and swaps the JWT for
 a Check-in refresh token; ours lives exp - now and skips the exchange.
 
 For tests: `GET /_peer/stats` (requests per "METHOD path", `introspections`,
-`hub_tokens_minted`, `unauthorized`), `POST /_peer/reset` (counters and the hub
-token cache).
+`hub_tokens_minted`, `unauthorized`), `POST /_peer/config` with JSON
+`{"spawn_seconds": S}` (server starts from now on take S seconds; the hub's spawn
+timeout is 600 s), `POST /_peer/reset` (counters, the hub token cache, and
+`--spawn-seconds` again).
 
 Run: `python notebooks_peer.py --issuer <Check-in issuer>` prints one JSON line
 (`url`, `api_url`, `hub_api`, `hub_version`, `admin`) once the hub answers, and
@@ -69,6 +71,7 @@ SANDBOX = Path(__file__).resolve().parent
 PREFIX = "/services/jwt"
 SERVICE = "jwt"  # the front is this hub service, as on notebooks.egi.eu
 FRONT_SCOPES = ["list:users", "read:users", "admin:users", "tokens", "servers"]
+SPAWN_SECONDS_FILE = "spawn_seconds"  # in the work dir: the front writes it, the hub's spawner reads it
 UNAUTHORIZED_PAGE = b"<html><title>401: Unauthorized</title><body>401: Unauthorized</body></html>"
 
 
@@ -82,6 +85,13 @@ def configure_hub(c: Any, *, workdir: str, hub_port: int, public_port: int, serv
     from jupyterhub import __version__
     from jupyterhub.proxy import Proxy
     from jupyterhub.spawner import Spawner
+
+    def configured_spawn_seconds() -> float:
+        """`--spawn-seconds`, unless a test set another duration through the front's `/_peer/config`."""
+        try:
+            return float((Path(workdir) / SPAWN_SECONDS_FILE).read_text())
+        except (OSError, ValueError):
+            return spawn_seconds
 
     class MemoryProxy(Proxy):
         """Keeps the route table in a dict: clients call the hub's own port, nothing is proxied."""
@@ -108,7 +118,7 @@ def configure_hub(c: Any, *, workdir: str, hub_port: int, public_port: int, serv
         http_server: asyncio.Server | None = None
 
         async def start(self) -> str:
-            await asyncio.sleep(spawn_seconds)
+            await asyncio.sleep(configured_spawn_seconds())
             self.http_server = await asyncio.start_server(self.answer, "127.0.0.1", 0)
             return f"http://127.0.0.1:{self.http_server.sockets[0].getsockname()[1]}"
 
@@ -139,6 +149,7 @@ def configure_hub(c: Any, *, workdir: str, hub_port: int, public_port: int, serv
     c.JupyterHub.cookie_secret_file = f"{workdir}/jupyterhub_cookie_secret"
     c.JupyterHub.proxy_class = MemoryProxy
     c.JupyterHub.spawner_class = FakeSpawner
+    c.Spawner.start_timeout = 600  # a test may slow the spawn beyond JupyterHub's default 60 s
     # the hub's own login page works with one shared password (the notes' recipe); API users come
     # through the front, which creates them with the admin API
     c.JupyterHub.authenticator_class = "shared-password"
@@ -168,6 +179,7 @@ class FrontState:
     hub_api: str
     service_token: str
     hub_version: str
+    workdir: Path | None = None  # shared with the hub: where `/_peer/config` leaves the spawn duration
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
     counters: Counter[str] = field(default_factory=Counter)
     keys: KeySet | None = None
@@ -300,7 +312,7 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""  # read it all: the connection is kept alive
         if url.path.startswith("/_peer/"):
-            return self.control(method, url.path[len("/_peer/"):])
+            return self.control(method, url.path[len("/_peer/"):], body)
         if url.path != PREFIX and not url.path.startswith(PREFIX + "/"):
             return self._json(404, {"status": 404, "message": "Not Found"})
         state.count(f"{method} {url.path}")
@@ -328,7 +340,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(502, {"status": 502, "message": f"hub answered {answer.status_code} without JSON"})
         self._send(200, answer.content)  # the hub's status code is dropped, as EGI's front does
 
-    def control(self, method: str, action: str) -> None:
+    def control(self, method: str, action: str, body: bytes = b"") -> None:
         state = self.state
         if method == "GET" and action == "stats":
             with state.lock:
@@ -337,7 +349,17 @@ class Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.counters.clear()
                 state.hub_tokens.clear()
+            if state.workdir is not None:
+                (state.workdir / SPAWN_SECONDS_FILE).unlink(missing_ok=True)
             return self._json(200, {"ok": True})
+        if method == "POST" and action == "config" and state.workdir is not None:
+            try:
+                settings = json.loads(body or b"{}")
+                spawn_seconds = float(settings["spawn_seconds"])
+            except (ValueError, TypeError, KeyError):
+                return self._json(400, {"status": 400, "message": 'expected JSON {"spawn_seconds": <seconds>}'})
+            (state.workdir / SPAWN_SECONDS_FILE).write_text(repr(spawn_seconds))
+            return self._json(200, {"spawn_seconds": spawn_seconds})
         self._json(404, {"status": 404, "message": f"no control {method} {action}"})
 
 
@@ -408,7 +430,8 @@ def main(argv: list[str] | None = None) -> None:
         except RuntimeError as exc:
             print(f"notebooks peer: {exc}\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
             raise SystemExit(1) from None
-        state = FrontState(args.issuer.rstrip("/"), args.client_id, args.client_secret, hub_api, service_token, version)
+        state = FrontState(args.issuer.rstrip("/"), args.client_id, args.client_secret, hub_api, service_token, version,
+                           workdir)
         server = make_front(state, "127.0.0.1", args.port)
         base = f"http://127.0.0.1:{server.server_address[1]}"
         print(json.dumps({"url": base, "api_url": base + PREFIX, "hub_api": hub_api, "hub_version": version,

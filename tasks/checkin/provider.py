@@ -3,7 +3,8 @@
 It hands out a valid access token and keeps it valid for as long as a flow runs
 (DIRAC waits last hours; a Check-in access token lives under one hour):
 
-- the cached token is reused until `margin` seconds before its expiry, or until
+- the cached token is reused until `margin` seconds before its expiry (at most
+  half its lifetime, for tokens living less than twice the margin), or until
   its source holds a newer one (a rotated notebook token file);
 - then the sources are tried again in order and the first fresh token wins;
 - concurrent callers — threads and asyncio tasks alike — share one refresh;
@@ -58,7 +59,7 @@ class TokenProvider:
 
     # -- public API ---------------------------------------------------------------
     def get_token(self) -> AccessToken:
-        """A token valid for more than `margin` seconds (or the best still-valid one)."""
+        """A token valid for more than its margin (`margin_for`), or the best still-valid one."""
         token = self._cached()
         if token is not None:
             return token
@@ -81,6 +82,15 @@ class TokenProvider:
     async def aget_access_token(self) -> str:
         return (await self.aget_token()).value
 
+    def margin_for(self, token: AccessToken) -> float:
+        """How long before `token` expires it is refreshed: `margin`, but at most half the
+        token's lifetime (exp - iat) — a token living less than the margin would otherwise
+        never count as fresh and be fetched again on every call."""
+        issued, expires = token.claims.issued_at, token.expires_at
+        if issued is None or expires is None or expires <= issued:
+            return self.margin
+        return min(self.margin, (expires - issued).total_seconds() / 2)
+
     def invalidate(self) -> None:
         """Forget the cached token (e.g. after a service answered 401 to it)."""
         with self._lock:
@@ -92,7 +102,7 @@ class TokenProvider:
         if current is None:
             return None
         token, source = current
-        if token.is_fresh(self.margin) and source.unchanged(token):
+        if token.is_fresh(self.margin_for(token)) and source.unchanged(token):
             return token
         return None
 
@@ -120,11 +130,11 @@ class TokenProvider:
                 endpoint_error = endpoint_error or exc
                 attempts.append(SourceAttempt(source.name, str(exc)))
                 continue
-            if token.is_fresh(self.margin, now):
+            if token.is_fresh(self.margin_for(token), now):
                 return self._adopt(token, source, malformed)
             if not token.is_expired(now):
                 stale = stale or (token, source)
-                attempts.append(SourceAttempt(source.name, f"token expires within {self.margin:.0f} s"))
+                attempts.append(SourceAttempt(source.name, f"token expires within {self.margin_for(token):.0f} s"))
             else:
                 expired = expired or token
                 assert token.expires_at is not None
