@@ -21,6 +21,7 @@ import json
 import os
 import stat
 import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +31,7 @@ from prefect import task
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from tasks.block_base import EgiBlock
+from tasks.dirac_submission import MAX_JDLS_PER_CALL, SubmissionIncomplete, submit_exactly_once
 from tasks.http import certificate_error, is_certificate_failure, require_https, tls_verify
 from tasks.job_ledger import JobLedger, Submission, submission_key
 from tasks.redaction import redact_errors, register_all
@@ -46,7 +48,6 @@ from tasks.remote import (
     watch,
 )
 
-MAX_JDLS_PER_CALL = 20  # DiracX refuses more in one submit_jdl_jobs call
 MAX_PER_PAGE = 10_000  # DiracX caps search pages here
 
 DIRAC_STATES = {
@@ -364,21 +365,46 @@ class DiracAdapter(RemoteJobAdapter):
 
 # -- submission ------------------------------------------------------------------------------------
 
-async def _submit_jdls(block: DiracX, jdls: Sequence[str], concurrency: int) -> list[int]:
-    """Send JDLs in chunks of 20 with bounded concurrency; ids in the order of `jdls`."""
-    limit = asyncio.Semaphore(concurrency)
-
-    async def send(api: Any, chunk: list[str]) -> list[int]:
-        async with limit:
-            inserted = await api.jobs.submit_jdl_jobs(chunk)
-        return [j.job_id for j in inserted]
+async def _submit_jdls(block: DiracX, key: str, jdls: Sequence[str], concurrency: int, label: str) -> list[int]:
+    """Send JDLs in chunks of 20 with bounded concurrency, exactly once (see
+    `tasks.dirac_submission`); ids in the order of `jdls`. A retried flow run first
+    asks the server what its earlier attempt created. Jobs created before a final
+    failure are recorded (so a cancellation finds them) before the error is raised."""
+    retried = _retried_run()
+    earlier = [int(j) for s in await JobLedger.current().submissions() for j in s.job_ids]
 
     async def everything(api: Any) -> list[int]:
-        chunks = [list(jdls[i:i + MAX_JDLS_PER_CALL]) for i in range(0, len(jdls), MAX_JDLS_PER_CALL)]
-        results = await asyncio.gather(*(send(api, c) for c in chunks))
-        return [job_id for ids in results for job_id in ids]
+        ids, extra = await submit_exactly_once(api, jdls, concurrency=concurrency, reconcile_first=retried,
+                                               exclude=earlier, classify=lambda exc: engine_error(exc, block.url))
+        if extra:
+            run_logger().warning("Submitting %d DIRAC job(s) took %d extra request(s) (faults absorbed)",
+                                 len(jdls), extra)
+        return ids
 
-    return await block.job_adapter().call(everything)
+    try:
+        return await block.job_adapter().call(everything)
+    except SubmissionIncomplete as incomplete:
+        created = sorted(incomplete.created)
+        await _record(block, f"{key}-incomplete", [incomplete.created[i] for i in created],
+                      [jdls[i] for i in created], f"{label} (incomplete)")
+        raise
+
+
+def _retried_run() -> bool:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return bool(context and context.flow_run and context.flow_run.run_count > 1)
+
+
+def batch_group(key: str) -> str:
+    """The JobGroup of jobs submitted without one: names the flow run and the batch, so the
+    batch can be found on the server (DIRAC's web portal groups jobs by it, too)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = context.flow_run.id.hex[:8] if context and context.flow_run else uuid.uuid4().hex[:8]
+    return f"prefect-{run}-{key.rsplit('-', 1)[-1][:8]}"
 
 
 async def _record(block: DiracX, key: str, ids: Sequence[int], jdls: Sequence[str], label: str) -> None:
@@ -409,9 +435,12 @@ async def submit(block: DiracX, jobs: Sequence[DiracJob], key: str | None = None
             rendered += job.to_jdls(uploaded)
         return rendered
 
+    group = batch_group(key)
+    jobs = [j if j.job_group else j.model_copy(update={"job_group": group}) for j in jobs]
     jdls = await block.job_adapter().call(render)
-    ids = await _submit_jdls(block, jdls, concurrency)
-    await _record(block, key, ids, jdls, jobs[0].job_name if jobs else "")
+    label = jobs[0].job_name if jobs else ""
+    ids = await _submit_jdls(block, key, jdls, concurrency, label)
+    await _record(block, key, ids, jdls, label)
     run_logger().info("Submitted %d DIRAC job(s) in %d call(s)", len(ids), -(-len(ids) // MAX_JDLS_PER_CALL))
     return ids
 
@@ -437,7 +466,7 @@ async def resubmit(block: DiracX, failed: Sequence[int], attempt: int, concurren
         raise ValueError(f"job ids {missing}: not submitted by this flow run, so their JDL is unknown; "
                          "resubmit them from their job descriptions instead")
     jdls = [jdl_of[j] for j in failed]
-    new = await _submit_jdls(block, jdls, concurrency)
+    new = await _submit_jdls(block, key, jdls, concurrency, f"resubmission {attempt}")
     await _record(block, key, new, jdls, f"resubmission {attempt}")
     run_logger().info("Resubmitted %d failed DIRAC job(s) (attempt %d)", len(new), attempt)
     return dict(zip(failed, new))

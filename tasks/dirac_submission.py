@@ -1,0 +1,198 @@
+"""Submitting a batch of JDLs to DiracX exactly once, over a network that loses answers.
+
+A submit call is not idempotent and DiracX has no idempotency key, so a failed call
+is sorted by what the failure proves:
+
+- *not sent* (the connection never opened; azure-core's `ServiceRequestError`): safe to
+  send again, after a backoff;
+- *refused* (a 4xx, bad credentials): nothing was created, the error is final;
+- *ambiguous* (reset, timeout, a lost answer, a 5xx from a gateway): the server may
+  have created the jobs. Sending again could create them twice, so the batch asks the
+  server instead: every job the batch creates carries a `JobGroup` (the user's, or one
+  naming the flow run and the batch), and a search for those groups, the lost JDLs' job
+  names and a submission time after the batch began finds what exists; only the JDLs
+  without a created job are sent again. A retried flow run whose earlier attempt died
+  mid-submission starts with that search too (`reconcile_first`).
+
+Reconciliation runs after every chunk has finished, one pass at a time, so a chunk
+still in flight cannot be mistaken for a lost one; a short grace first lets a server
+that is still committing a lost request finish. azure-core already resends a POST
+answered 500/503/504 (a front that refused it), so those never reach us as ambiguous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from tasks.remote import TransientServiceError
+
+logger = logging.getLogger("prefect_egi.dirac")
+
+MAX_JDLS_PER_CALL = 20  # DiracX refuses more in one submit_jdl_jobs call
+CLOCK_MARGIN = timedelta(minutes=5)  # server and client clocks may differ; the group keeps batches apart
+
+
+@dataclass(frozen=True)
+class SubmitPolicy:
+    """How hard to try: `attempts` sends per chunk, `passes` reconciliations, the grace before each."""
+
+    attempts: int = 5
+    backoff: float = 0.5
+    passes: int = 4
+    grace: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.backoff * 2**attempt, 8.0)
+
+
+class SubmissionIncomplete(Exception):
+    """Some JDLs could not be submitted; `created` holds the ids of those that were."""
+
+    def __init__(self, message: str, created: dict[int, int]):
+        super().__init__(message)
+        self.created = created
+
+
+@dataclass
+class _Batch:
+    jdls: Sequence[str]
+    since: datetime
+    created: dict[int, int] = field(default_factory=dict)  # index in jdls -> job id
+    lost: list[int] = field(default_factory=list)  # indices whose fate is unknown
+    exclude: set[int] = field(default_factory=set)  # job ids never to adopt
+    extra_requests: int = 0  # sends and searches beyond one send per chunk
+
+    def values(self, attribute: str, indices: Sequence[int]) -> list[str]:
+        return sorted({jdl_attribute(self.jdls[i], attribute) for i in indices})
+
+
+def jdl_attribute(jdl: str, attribute: str) -> str:
+    """A string attribute of one of our rendered JDLs (one `Name = "value";` per line)."""
+    for line in jdl.splitlines():
+        name, _, value = line.partition("=")
+        if name.strip() == attribute:
+            return value.strip().rstrip(";").strip().strip('"')
+    return ""
+
+
+def was_not_sent(exc: BaseException) -> bool:
+    """The request provably never reached the server (the connection did not open)."""
+    from azure.core.exceptions import ServiceRequestError
+
+    try:
+        import httpx2
+        connect_errors: tuple[type[BaseException], ...] = (httpx2.ConnectError, httpx2.ConnectTimeout)
+    except ImportError:  # pragma: no cover - diracx-client brings httpx2
+        connect_errors = ()
+    return isinstance(exc, (ServiceRequestError, *connect_errors))
+
+
+async def submit_exactly_once(api: Any, jdls: Sequence[str], *, concurrency: int,
+                              classify: Callable[[BaseException], BaseException], reconcile_first: bool = False,
+                              since: datetime | None = None, exclude: Sequence[int] = (),
+                              policy: SubmitPolicy = SubmitPolicy()) -> tuple[list[int], int]:
+    """Job ids in the order of `jdls`, and the number of extra requests it took.
+    Every JDL must carry a `JobGroup`; `exclude`: ids that belong to something else (e.g.
+    the failed jobs a resubmission replaces, which share group and name). Raises `SubmissionIncomplete` when some JDLs still
+    have no job after every pass (the created ones are in the exception)."""
+    if any(not jdl_attribute(jdl, "JobGroup") for jdl in jdls):
+        raise ValueError("every JDL needs a JobGroup: it is how a lost submission is found again")
+    batch = _Batch(jdls, (since or datetime.now(timezone.utc)) - CLOCK_MARGIN, exclude=set(exclude))
+    limit = asyncio.Semaphore(concurrency)
+    pending = list(range(len(jdls)))
+    if reconcile_first:
+        batch.lost = pending
+        pending = await _reconcile(api, batch, classify, policy)
+    for attempt in range(policy.passes + 1):
+        chunks = [pending[i:i + MAX_JDLS_PER_CALL] for i in range(0, len(pending), MAX_JDLS_PER_CALL)]
+        refused = [r for r in await asyncio.gather(*(_send(api, batch, c, limit, classify, policy) for c in chunks))
+                   if r is not None]
+        if refused:
+            raise SubmissionIncomplete(f"DiracX refused the submission: {refused[0]}", batch.created) from refused[0]
+        if not batch.lost:
+            break
+        if attempt == policy.passes:
+            break
+        await asyncio.sleep(policy.grace)
+        pending = await _reconcile(api, batch, classify, policy)
+        if not pending:
+            break
+    missing = [i for i in range(len(jdls)) if i not in batch.created]
+    if missing:
+        raise SubmissionIncomplete(
+            f"{len(missing)} of {len(jdls)} DIRAC job(s) could not be confirmed after {policy.passes} "
+            f"reconciliation(s); they were not sent again, to avoid duplicates", batch.created)
+    return [batch.created[i] for i in range(len(jdls))], batch.extra_requests
+
+
+async def _send(api: Any, batch: _Batch, chunk: list[int], limit: asyncio.Semaphore,
+                classify: Callable[[BaseException], BaseException], policy: SubmitPolicy) -> BaseException | None:
+    """Send one chunk: ids recorded, or its indices marked lost; returns a final refusal, if any."""
+    for attempt in range(policy.attempts):
+        if attempt:
+            batch.extra_requests += 1
+            await asyncio.sleep(policy.delay(attempt - 1))
+        try:
+            async with limit:
+                inserted = await api.jobs.submit_jdl_jobs([batch.jdls[i] for i in chunk])
+        except Exception as exc:
+            if not isinstance(classify(exc), TransientServiceError):
+                return classify(exc)
+            if was_not_sent(exc):
+                continue
+            logger.warning("A DiracX submit call of %d job(s) failed after it may have reached the server "
+                           "(%s); asking the server what it created before sending anything again",
+                           len(chunk), type(exc).__name__)
+            batch.lost += chunk
+            return None
+        batch.created.update(zip(chunk, (j.job_id for j in inserted)))
+        return None
+    batch.lost += chunk  # never sent: reconciliation will find nothing and send them again
+    return None
+
+
+async def _reconcile(api: Any, batch: _Batch, classify: Callable[[BaseException], BaseException],
+                     policy: SubmitPolicy) -> list[int]:
+    """Adopt the jobs the server created for lost JDLs (matched by group and name, in id order);
+    the rest are to send."""
+    lost, batch.lost = sorted(batch.lost), []
+    known = set(batch.created.values()) | batch.exclude
+    found = await _search_created(api, batch, lost, classify, policy)
+    by_identity: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for row in sorted(found, key=lambda r: int(r["JobID"])):
+        if int(row["JobID"]) not in known:
+            by_identity[(str(row.get("JobGroup", "")), str(row.get("JobName", "")))].append(int(row["JobID"]))
+    resend = []
+    for index in lost:
+        jdl = batch.jdls[index]
+        candidates = by_identity.get((jdl_attribute(jdl, "JobGroup"), jdl_attribute(jdl, "JobName")))
+        if candidates:
+            batch.created[index] = candidates.pop(0)
+        else:
+            resend.append(index)
+    logger.info("Reconciled %d lost DIRAC submission(s): %d created by the server, %d to send again",
+                len(lost), len(lost) - len(resend), len(resend))
+    return resend
+
+
+async def _search_created(api: Any, batch: _Batch, lost: list[int],
+                          classify: Callable[[BaseException], BaseException], policy: SubmitPolicy) -> list[dict]:
+    conditions = [{"parameter": "JobGroup", "operator": "in", "values": batch.values("JobGroup", lost)},
+                  {"parameter": "SubmissionTime", "operator": "gt", "value": batch.since.isoformat()},
+                  {"parameter": "JobName", "operator": "in", "values": batch.values("JobName", lost)}]
+    for attempt in range(policy.attempts):
+        batch.extra_requests += 1
+        try:
+            return list(await api.jobs.search(parameters=["JobID", "JobGroup", "JobName"], search=conditions,
+                                              page=1, per_page=10_000))
+        except Exception as exc:
+            if not isinstance(classify(exc), TransientServiceError) or attempt == policy.attempts - 1:
+                raise classify(exc) from None
+            await asyncio.sleep(policy.delay(attempt))
+    raise AssertionError("unreachable")
