@@ -371,7 +371,7 @@ async def _submit_jdls(block: DiracX, key: str, jdls: Sequence[str], concurrency
     asks the server what its earlier attempt created. Jobs created before a final
     failure are recorded (so a cancellation finds them) before the error is raised."""
     retried = _retried_run()
-    earlier = [int(j) for s in await JobLedger.current().submissions() for j in s.job_ids]
+    earlier = [int(j) for s in await JobLedger.current().submissions() if s.service == "dirac" for j in s.job_ids]
 
     async def everything(api: Any) -> list[int]:
         ids, extra = await submit_exactly_once(api, jdls, concurrency=concurrency, reconcile_first=retried,
