@@ -36,6 +36,7 @@ logger = logging.getLogger("prefect_egi.dirac")
 
 MAX_JDLS_PER_CALL = 20  # DiracX refuses more in one submit_jdl_jobs call
 CLOCK_MARGIN = timedelta(minutes=5)  # server and client clocks may differ; the group keeps batches apart
+# (DiracX compares SubmissionTime in UTC and parses "YYYY-MM-DD HH:MM:SS", not ISO with an offset)
 
 
 @dataclass(frozen=True)
@@ -82,15 +83,25 @@ def jdl_attribute(jdl: str, attribute: str) -> str:
 
 
 def was_not_sent(exc: BaseException) -> bool:
-    """The request provably never reached the server (the connection did not open)."""
-    from azure.core.exceptions import ServiceRequestError
+    """The request provably never reached the server: the connection could not be opened.
 
+    Not azure-core's `ServiceRequestError` as such: its aiohttp transport raises it for
+    any aiohttp `ClientError`, including a connection reset after the request was sent;
+    only the cause tells (aiohttp's connector errors, a connect timeout)."""
+    import aiohttp
+
+    connect_errors: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
     try:
-        import httpx2
-        connect_errors: tuple[type[BaseException], ...] = (httpx2.ConnectError, httpx2.ConnectTimeout)
+        import httpx2  # diracx-client's own requests (discovery, token refresh)
+        connect_errors += (httpx2.ConnectError, httpx2.ConnectTimeout)
     except ImportError:  # pragma: no cover - diracx-client brings httpx2
-        connect_errors = ()
-    return isinstance(exc, (ServiceRequestError, *connect_errors))
+        pass
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, connect_errors) or isinstance(getattr(seen, "inner_exception", None), connect_errors):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 async def submit_exactly_once(api: Any, jdls: Sequence[str], *, concurrency: int,
@@ -184,7 +195,7 @@ async def _reconcile(api: Any, batch: _Batch, classify: Callable[[BaseException]
 async def _search_created(api: Any, batch: _Batch, lost: list[int],
                           classify: Callable[[BaseException], BaseException], policy: SubmitPolicy) -> list[dict]:
     conditions = [{"parameter": "JobGroup", "operator": "in", "values": batch.values("JobGroup", lost)},
-                  {"parameter": "SubmissionTime", "operator": "gt", "value": batch.since.isoformat()},
+                  {"parameter": "SubmissionTime", "operator": "gt", "value": batch.since.strftime("%Y-%m-%d %H:%M:%S")},
                   {"parameter": "JobName", "operator": "in", "values": batch.values("JobName", lost)}]
     for attempt in range(policy.attempts):
         batch.extra_requests += 1
