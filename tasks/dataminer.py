@@ -40,11 +40,13 @@ from tasks.remote import (
     watch,
 )
 from tasks.wps import (
+    ExecuteOutcomeUnknown,
     ExecutionStatus,
     ProcessDescription,
     ProcessSummary,
     ResultFile,
     WPSClient,
+    WPSError,
     build_inputs,
     parse_result_files,
     short_name,
@@ -203,17 +205,30 @@ async def submit_execution(dataminer: DataMiner, process: str, inputs: Mapping[s
     if found:
         run_logger().info("Resuming DataMiner execution %s (already submitted by this flow run)", found.job_ids[0])
         return found.job_ids[0]
+    if await ledger.intended(key):
+        raise ExecuteOutcomeUnknown(
+            f"An earlier attempt of this flow run sent Execute for {short_name(identifier)} and never learned "
+            "whether the server started it (WPS 1.0 cannot be asked). It is not sent again, so that it cannot "
+            "run twice: look for its results on DataMiner, or start a new flow run to run it anew.")
     client = dataminer.client()
     try:
         description = await client.describe(identifier)
         wire = build_inputs(description, inputs)  # raises before anything is submitted
-        status = await client.execute(description, wire)
+        await ledger.intend(key)
+        try:
+            status = await client.execute(description, wire)
+        except ExecuteOutcomeUnknown:
+            raise  # the intent stays: a retry must not send it blindly
+        except WPSError:
+            await ledger.settle(key)  # refused: nothing started, a retry may send it
+            raise
     finally:
         await client.aclose()
     job_id = client.public_url(status.status_location)
     await ledger.record(Submission(
         key=key, service="dataminer", job_ids=[job_id], label=short_name(identifier),
         block_type=DataMiner.get_block_type_slug(), block_name=getattr(dataminer, "_block_document_name", None)))
+    await ledger.settle(key)
     run_logger().info("Submitted %s: %s", short_name(identifier), job_id)
     return job_id
 

@@ -34,6 +34,10 @@ class TransientHTTPError(Exception):
     """Raised after the last attempt; the message says what was tried and what failed."""
 
 
+class OutcomeUnknown(Exception):
+    """A request that is not safe to repeat failed after it may have reached the server."""
+
+
 class TLSVerificationError(Exception):
     """The server's certificate did not verify. Not transient: retrying cannot help."""
 
@@ -88,16 +92,26 @@ def describe_failure(failure: BaseException | httpx.Response) -> str:
     return f"{type(failure).__name__}: {failure}"
 
 
-_RETRYABLE = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+# Failures that prove a request never reached the server: no connection, or a front that
+# refused it unread (503 Service Unavailable, 429 Too Many Requests).
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+REFUSED_STATUS = frozenset({429, 503})
 
 
-def _judge(what: str, url: str, outcome: httpx.Response | BaseException) -> httpx.Response | None:
-    """The response to return, or None to try again; certificate failures raise at once."""
+def _judge(what: str, url: str, outcome: httpx.Response | BaseException,
+           idempotent: bool) -> httpx.Response | None:
+    """The response to return, or None to try again; certificate failures raise at once,
+    and so does a non-idempotent request whose failure does not prove it was never sent."""
     if isinstance(outcome, BaseException):
         if is_certificate_failure(outcome):
             raise certificate_error(what, url) from None
+        if not idempotent and not isinstance(outcome, _NOT_SENT):
+            raise OutcomeUnknown(f"{what}: {describe_failure(outcome)} after the request may have reached the "
+                                 "server; not sent again, to avoid doing the work twice") from None
         return None
-    return None if outcome.status_code in TRANSIENT_STATUS else outcome
+    retry_on = TRANSIENT_STATUS if idempotent else REFUSED_STATUS
+    return None if outcome.status_code in retry_on else outcome
 
 
 def _exhausted(what: str, url: str, policy: RetryPolicy, last: httpx.Response | BaseException) -> TransientHTTPError:
@@ -114,18 +128,20 @@ def request_with_retries(
             time.sleep(policy.delay(attempt - 1))
         try:
             outcome = client.request(method, url, **kwargs)
-        except _RETRYABLE as exc:
+        except RETRYABLE_ERRORS as exc:
             outcome = exc
-        if (response := _judge(what, url, outcome)) is not None:
+        if (response := _judge(what, url, outcome, idempotent=True)) is not None:
             return response
     assert outcome is not None
     raise _exhausted(what, url, policy, outcome)
 
 
 async def arequest_with_retries(
-    client: httpx.AsyncClient, method: str, url: str, *, policy: RetryPolicy, what: str, **kwargs: Any
+    client: httpx.AsyncClient, method: str, url: str, *, policy: RetryPolicy, what: str, idempotent: bool = True,
+    **kwargs: Any
 ) -> httpx.Response:
-    """Async twin of `request_with_retries`, for idempotent requests only."""
+    """Async twin of `request_with_retries`. `idempotent=False` (e.g. a WPS Execute): only
+    failures proving the request was never sent are retried; others raise `OutcomeUnknown`."""
     import asyncio
 
     outcome: httpx.Response | BaseException | None = None
@@ -134,9 +150,9 @@ async def arequest_with_retries(
             await asyncio.sleep(policy.delay(attempt - 1))
         try:
             outcome = await client.request(method, url, **kwargs)
-        except _RETRYABLE as exc:
+        except RETRYABLE_ERRORS as exc:
             outcome = exc
-        if (response := _judge(what, url, outcome)) is not None:
+        if (response := _judge(what, url, outcome, idempotent)) is not None:
             return response
     assert outcome is not None
     raise _exhausted(what, url, policy, outcome)

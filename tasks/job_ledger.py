@@ -5,8 +5,22 @@ record per submission — *before* any waiting starts, so that:
 
 - a retried flow run finds its submission and resumes watching the same jobs
   instead of submitting again;
-- `on_cancellation` / `on_crashed` hooks, which Prefect runs in another process,
-  can find the jobs and cancel them.
+- hooks, which Prefect runs in another process, can find the jobs.
+
+The flows register two hooks, because a cancellation and a crash mean different things:
+
+- `on_cancellation=[cancel_remote_jobs]`: the scientist stopped the run, so every
+  job it submitted is killed (DIRAC) or marked cancelled (DataMiner).
+- `on_crashed=[keep_remote_jobs_on_crash]`: the flow process died (SIGKILL, OOM,
+  a lost node) — an orchestration failure, not the scientist's. The grid jobs and
+  WPS executions are still valid, so they are LEFT RUNNING; the hook logs which
+  ones and how to go on: `prefect flow-run retry <flow run id>` schedules the SAME
+  flow run again, and the retried run finds these ids under its own id and resumes
+  watching them (0 submitted twice, 0 lost); or cancel them (see the log line).
+  Prefect runs `on_crashed` when the runner / process worker sees the flow process
+  exit abnormally. A worker killed together with its flow process runs no hook and
+  leaves the run Running: mark it Crashed (a heartbeat-based "zombie" automation
+  does so), then retry it the same way.
 
 Why flow-run inputs and not Variables: Variables are global (they would need
 the run id in their name and a clean-up) and cap values at 5,000 characters,
@@ -30,6 +44,7 @@ logger = logging.getLogger("prefect_egi.remote")
 
 RECORD_PREFIX = "egi-jobs-"
 CANCEL_PREFIX = "egi-cancel-"
+INTENT_PREFIX = "egi-intent-"  # "about to submit": left behind only when the outcome is unknown
 
 
 def submission_key(service: str, *parts: Any) -> str:
@@ -66,6 +81,7 @@ class JobLedger:
         self.flow_run_id = flow_run_id
         self._memory: dict[str, Submission] = {}
         self._cancelled: set[str] = set()
+        self._intents: set[str] = set()
 
     @classmethod
     def current(cls) -> "JobLedger":
@@ -99,6 +115,37 @@ class JobLedger:
             await client.create_flow_run_input(self.flow_run_id, RECORD_PREFIX + submission.key,
                                                submission.to_json())
 
+    async def intend(self, key: str) -> None:
+        """Write down "about to submit `key`" before a submission that cannot be repeated
+        safely: if the answer is lost (or the process dies), a retry finds this and does
+        not submit blindly a second time. `settle` removes it once the outcome is known."""
+        if self.flow_run_id is None:
+            self._intents.add(key)
+            return
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            await client.create_flow_run_input(self.flow_run_id, INTENT_PREFIX + key, json.dumps(key))
+
+    async def intended(self, key: str) -> bool:
+        """Whether an earlier attempt set out to submit `key` and never learned the outcome."""
+        if self.flow_run_id is None:
+            return key in self._intents
+        return any(item.key == INTENT_PREFIX + key for item in await self._filter(INTENT_PREFIX + key, limit=1))
+
+    async def settle(self, key: str) -> None:
+        """The outcome of submitting `key` is known (recorded, or refused): forget the intent."""
+        if self.flow_run_id is None:
+            self._intents.discard(key)
+            return
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            try:
+                await client.delete_flow_run_input(self.flow_run_id, INTENT_PREFIX + key)
+            except Exception as exc:  # an intent left behind only makes a retry ask the user
+                logger.warning("Could not clear the submission intent %s: %s", key, exc)
+
     async def submissions(self) -> list[Submission]:
         if self.flow_run_id is None:
             return list(self._memory.values())
@@ -125,7 +172,7 @@ _PROCESS_LEDGER = JobLedger(None)
 
 
 def cancel_remote_jobs(flow: Any, flow_run: Any, state: Any) -> None:
-    """`on_cancellation` / `on_crashed` hook: cancel every remote job the run submitted.
+    """`on_cancellation` hook: cancel every remote job the run submitted.
 
     Prefect runs it in another process, so it reads the ledger from the API and
     rebuilds each service client from the saved block named in the record.
@@ -153,3 +200,126 @@ async def cancel_submissions(flow_run_id: UUID) -> dict[str, dict[str, str]]:
         outcome[submission.key] = {job: status.state.value for job, status in statuses.items()}
         logger.info("Cancelled %d %s job(s) of flow run %s", len(statuses), submission.service, flow_run_id)
     return outcome
+
+
+# -- crashes ---------------------------------------------------------------------------------------
+
+CRASH_STATUS_TIMEOUT = 30.0  # seconds the crash hook may spend asking the services what still runs
+
+
+def keep_remote_jobs_on_crash(flow: Any, flow_run: Any, state: Any) -> None:
+    """`on_crashed` hook: leave every remote job the run submitted RUNNING, and say so.
+
+    A crash (the flow process or its machine died) is not a cancellation: the jobs
+    are still good work. The hook logs, on the flow run's log when it can, which
+    jobs were left running and how to resume watching them (`prefect flow-run retry`)
+    or stop them. It never cancels anything and never raises.
+    """
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    log = _hook_logger(flow, flow_run)
+    run_id = getattr(flow_run, "id", None)
+    try:
+        report = run_coro_as_sync(crash_report(run_id, getattr(flow_run, "name", None),
+                                               getattr(state, "message", None)))
+    except Exception as exc:  # the API is down too: still say what to do
+        report = (f"Flow run {run_id} crashed; its remote jobs were NOT cancelled and may still be running "
+                  f"(the job ledger could not be read: {type(exc).__name__}: {exc}). "
+                  + _next_steps(run_id))
+    log.warning(report)
+
+
+def _hook_logger(flow: Any, flow_run: Any) -> Any:
+    """The flow run's logger (its lines reach the run's logs in the UI), else ours."""
+    if flow_run is not None:
+        try:
+            from prefect.logging.loggers import flow_run_logger
+
+            return flow_run_logger(flow_run, flow)
+        except Exception:
+            pass
+    return logger
+
+
+async def crash_report(flow_run_id: UUID | None, run_name: str | None = None, reason: str | None = None) -> str:
+    """What a crash left running, per submission, and what to do about it."""
+    who = f"Flow run {run_name!r} ({flow_run_id})" if run_name else f"Flow run {flow_run_id}"
+    because = f" ({reason.strip()})" if reason and reason.strip() else ""
+    if flow_run_id is None:
+        return f"{who} crashed{because}; it ran outside Prefect's API, so no remote job is recorded."
+    submissions = await JobLedger(flow_run_id).submissions()
+    if not submissions:
+        return f"{who} crashed{because} before submitting any remote job: nothing is left running. " + \
+            _next_steps(flow_run_id, jobs=False)
+    lines = [f"{who} crashed{because}. A crash is not a cancellation: its remote jobs were NOT cancelled."]
+    total = 0
+    for submission in submissions:
+        still, finished = await _still_active(submission)
+        total += len(still)
+        where = f" (block {submission.block_type}/{submission.block_name})" if submission.block_name else ""
+        label = f" {submission.label!r}" if submission.label else ""
+        if finished is None:
+            lines.append(f"- {submission.service}{label}{where}: {len(still)} job(s) left as they were "
+                         f"(their status could not be read): {describe_ids(still)}")
+            continue
+        lines.append(f"- {submission.service}{label}{where}: {len(still)} job(s) LEFT RUNNING: {describe_ids(still)}"
+                     + (f"; {len(finished)} had already ended: {describe_ids(finished)}" if finished else ""))
+    lines.append(_next_steps(flow_run_id, jobs=total > 0))
+    return "\n".join(lines)
+
+
+async def _still_active(submission: Submission) -> tuple[list[str], list[str] | None]:
+    """(job ids still queued/running or unknown, job ids already ended); None for the second
+    when the service could not be asked (then every id is in the first)."""
+    import asyncio
+
+    if not (submission.block_type and submission.block_name):
+        return list(submission.job_ids), None
+    try:
+        from prefect.blocks.core import Block
+
+        async def ask() -> Any:
+            block_class = Block.get_block_class_from_key(submission.block_type)
+            block = await block_class.aload(submission.block_name)
+            return await block.job_adapter().poll(submission.job_ids)
+
+        statuses = await asyncio.wait_for(ask(), CRASH_STATUS_TIMEOUT)
+    except Exception as exc:
+        logger.info("Could not read the status of %s jobs of %s: %s", submission.service, submission.key,
+                    type(exc).__name__)
+        return list(submission.job_ids), None
+    ended = [j for j in submission.job_ids if j in statuses and statuses[j].state.terminal]
+    return [j for j in submission.job_ids if j not in set(ended)], ended
+
+
+def _next_steps(flow_run_id: UUID | None, jobs: bool = True) -> str:
+    retry = f"prefect flow-run retry {flow_run_id}"
+    if not jobs:
+        return f"To run it again: `{retry}`."
+    return (f"To resume watching these same jobs (nothing is submitted again): `{retry}` — the retried run "
+            f"finds them in this run's job ledger. To stop them instead: retry, then "
+            f"`prefect flow-run cancel {flow_run_id}` (cancelling kills them), or without Prefect running it: "
+            f"`python -c \"import asyncio, uuid; from tasks.job_ledger import cancel_submissions; "
+            f"asyncio.run(cancel_submissions(uuid.UUID('{flow_run_id}')))\"`.")
+
+
+def describe_ids(job_ids: list[str], limit: int = 40) -> str:
+    """Job ids, consecutive integers folded into ranges (101-130); long lists cut after `limit` items."""
+    if not job_ids:
+        return "none"
+    items: list[str] = []
+    numeric = all(j.isdigit() for j in job_ids)
+    if numeric:
+        values = sorted({int(j) for j in job_ids})
+        start = prev = values[0]
+        for value in values[1:] + [None]:  # type: ignore[list-item]
+            if value is not None and value == prev + 1:
+                prev = value
+                continue
+            items.append(str(start) if start == prev else f"{start}-{prev}")
+            if value is not None:
+                start = prev = value
+    else:
+        items = list(job_ids)
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown} … and {len(items) - limit} more (all in the run's job ledger)"

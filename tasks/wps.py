@@ -24,7 +24,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 from pydantic import SecretStr
 
-from tasks.http import RetryPolicy, TransientHTTPError, arequest_with_retries
+from tasks.http import (
+    RETRYABLE_ERRORS,
+    TRANSIENT_STATUS,
+    OutcomeUnknown,
+    RetryPolicy,
+    TransientHTTPError,
+    arequest_with_retries,
+    describe_failure,
+    is_certificate_failure,
+)
 from tasks.redaction import register_secret
 from tasks.remote import JobState
 
@@ -54,6 +63,10 @@ class WPSAuthError(WPSError):
 
 class WPSServiceError(WPSError):
     """The server answered an OWS ExceptionReport (unknown process, bad input…)."""
+
+
+class ExecuteOutcomeUnknown(WPSError):
+    """An Execute failed after it may have reached the server: it may be running."""
 
 
 class InputValidationError(WPSError, ValueError):
@@ -546,8 +559,10 @@ class WPSClient:
         return parse_description(identifier, response.content)
 
     async def execute(self, description: ProcessDescription, inputs: Sequence[tuple[str, Any]]) -> ExecutionStatus:
-        """Submit asynchronously (storeExecuteResponse + status). Sent ONCE: an Execute is
-        not idempotent, so a failure here is reported, never retried blindly."""
+        """Submit asynchronously (storeExecuteResponse + status). An Execute is not
+        idempotent and WPS 1.0 cannot be asked what it started, so it is sent again only
+        after a failure proving it never arrived (no connection; 503/429 from a front);
+        any other failure is reported, never retried blindly."""
         from lxml import etree
         from owslib.wps import ASYNC, WPSExecution
 
@@ -556,12 +571,14 @@ class WPSClient:
         request = WPSExecution().buildRequest(description.identifier, list(inputs), output=outputs, mode=ASYNC)
         body = etree.tostring(request, xml_declaration=True, encoding="utf-8")
         what = f"Execute {short_name(description.identifier)}"
+        target, arguments = self._authorize(self.url, {"headers": {"Content-Type": "text/xml"}})
         try:
-            target, arguments = self._authorize(self.url, {"headers": {"Content-Type": "text/xml"}})
-            response = await self.http.post(target, content=body, **arguments)
-        except httpx.HTTPError as exc:
-            raise WPSError(f"{what}: the request failed ({type(exc).__name__}); the server may or may not have "
-                           "started the computation — not retried, to avoid running it twice") from None
+            response = await arequest_with_retries(self.http, "POST", target, policy=self.retry, what=what,
+                                                   idempotent=False, content=body, **arguments)
+        except OutcomeUnknown as exc:
+            raise ExecuteOutcomeUnknown(self.scrub(f"{exc}: the server may or may not have started the computation")) from None
+        except TransientHTTPError as exc:
+            raise WPSError(self.scrub(str(exc))) from None
         self._check(response, what)
         status = parse_status(response.content)
         if not status.status_location:
@@ -586,10 +603,14 @@ class WPSClient:
         partial = destination.with_name(destination.name + ".part")
         total = 0
 
-        async def stream() -> None:
+        async def once() -> None:
             nonlocal total
+            total = 0
             target, arguments = self._authorize(url, {})
             async with self.http.stream("GET", target, **arguments) as response:
+                if response.status_code in TRANSIENT_STATUS:
+                    raise httpx.HTTPStatusError(f"HTTP {response.status_code}", request=response.request,
+                                                response=response)
                 self._check(response, f"download {self.public_url(url)}")
                 with partial.open("wb") as out:
                     async for chunk in response.aiter_bytes():
@@ -597,6 +618,18 @@ class WPSClient:
                         if total > max_bytes:
                             raise WPSError(f"download {self.public_url(url)}: larger than the {max_bytes}-byte limit")
                         out.write(chunk)
+
+        async def stream() -> None:
+            """A GET is safe to repeat: transient failures are retried (from the start), within the time limit."""
+            for attempt in range(self.retry.attempts):
+                if attempt:
+                    await asyncio.sleep(self.retry.delay(attempt - 1))
+                try:
+                    return await once()
+                except (*RETRYABLE_ERRORS, httpx.HTTPStatusError) as exc:
+                    if is_certificate_failure(exc) or attempt == self.retry.attempts - 1:
+                        raise WPSError(f"download {self.public_url(url)} failed {attempt + 1} time(s); last "
+                                       f"failure: {describe_failure(exc)}") from None
 
         try:
             await asyncio.wait_for(stream(), timeout)

@@ -6,12 +6,16 @@ on the servers), and the extra requests stay bounded (printed)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from pydantic import SecretStr
 
 from deployments.sandbox.fault_proxy import FaultProxy
+from tasks.dataminer import DataMiner
 
 pytestmark = [pytest.mark.prefect, pytest.mark.system]
 
@@ -85,3 +89,87 @@ def test_dirac_batch_completes_through_a_faulty_network_without_duplicates(prefe
     assert sorted((tmp_path / "faulty" / "out" / str(j) / "result.txt").is_file() for j in report.jobs) == [True] * jobs
     assert stats["faulted"]["drop-response"] == 2 and faulted_share(stats) >= 0.1
     assert extra <= 3 * faults  # each fault costs at most a retry and a reconciliation search
+
+
+# DataMiner: an Execute is refused by the front once (503, never forwarded: sent again);
+# status polls, descriptions and downloads meet resets, black holes, 503s and latency.
+DATAMINER_FAULTS = [
+    {"kind": "error", "method": "POST", "requests": [1]},
+    {"kind": "reset", "path": r"RetrieveResultServlet", "rate": RATE},
+    {"kind": "blackhole", "path": r"/outputs/|/download", "rate": RATE, "seconds": 1},
+    {"kind": "latency", "path": r"DescribeProcess", "rate": 0.5, "seconds": 0.3},
+    {"kind": "error", "rate": RATE},
+]
+
+
+@pytest.fixture(scope="module")
+def proxied_dataminer():
+    """A DataMiner peer whose public URL is a fault proxy in front of it, as a real front would
+    be: status locations and output references point through the proxy too."""
+    from conftest import DataMinerPeer
+    from deployments.sandbox.peers import start_peer
+    from prefect_stack import free_port
+
+    port = free_port()
+    proxy = FaultProxy(f"http://127.0.0.1:{port}").start()
+    peer = start_peer("dataminer-proxied", "dataminer_peer.py", "--port", str(port), "--public-url", proxy.url)
+    yield DataMinerPeer(peer), proxy
+    peer.stop()
+    proxy.stop()
+
+
+def test_dataminer_flow_completes_through_a_faulty_network_executing_once(prefect_db, proxied_dataminer, tmp_path):
+    from flows.dataminer import dataminer_run
+
+    table = tmp_path / "t.csv"
+    table.write_text("x,y\n1,10\n2,20\n3,30\n")
+    dataminer, proxy = proxied_dataminer
+    proxy.set_rules(DATAMINER_FAULTS, seed=3)
+    name = f"dm-faults-{uuid.uuid4().hex[:6]}"
+    DataMiner(url=dataminer.wps_url, gcube_token=SecretStr(dataminer.token), timeout_seconds=5).save(name, overwrite=True)
+    try:
+        state = dataminer_run(process="CSV_SUMMARY", inputs={"table": str(table)}, dataminer_block=name,
+                              destination=str(tmp_path / "out"), return_state=True)
+    finally:
+        stats = proxy.stats()
+        proxy.reset()
+    print(f"\nDataMiner through faults: {stats['requests']} requests, {stats['faulted']} faulted "
+          f"({faulted_share(stats):.0%}); by route {stats['by_route']}")
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result.state == "succeeded" and len(result.files) == 4
+    assert all(Path(f.path).stat().st_size > 0 for f in result.files)
+    assert dataminer.stats()["post-execute"] == 1  # refused once by the front, executed once
+    assert stats["faulted"]["error"] >= 1
+
+
+def test_a_lost_execute_answer_is_never_sent_again(prefect_db, proxied_dataminer, tmp_path):
+    """The worst case for WPS 1.0: the server started the execution but the answer was lost.
+    The task fails saying so, and the flow's retry refuses to execute a second time."""
+    from prefect import flow
+
+    from tasks.dataminer import execute_process
+
+    dataminer, proxy = proxied_dataminer
+    executed = dataminer.stats().get("post-execute", 0)
+    proxy.set_rules([{"kind": "drop-response", "method": "POST"}])
+    block = DataMiner(url=dataminer.wps_url, gcube_token=SecretStr(dataminer.token), timeout_seconds=5)
+    errors: list[str] = []
+
+    @flow(retries=1, retry_delay_seconds=0)
+    async def run_once() -> str:
+        try:
+            return await execute_process(block, "SLOW_COUNTER", {"seconds": 2, "steps": 2})
+        except Exception as exc:
+            errors.append(str(exc))
+            raise
+
+    try:
+        state = asyncio.run(run_once(return_state=True))
+    finally:
+        proxy.reset()
+    assert state.is_failed()
+    assert len(errors) == 2
+    assert "may or may not have started" in errors[0]
+    assert "is not sent again, so that it cannot run twice" in errors[1]
+    assert dataminer.stats()["post-execute"] == executed + 1

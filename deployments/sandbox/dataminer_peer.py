@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token", action="append", help="accepted gCube token(s)")
     parser.add_argument("--parallel", type=int, default=8, help="PyWPS parallelprocesses")
     parser.add_argument("--workdir", help="where PyWPS keeps status documents and outputs (kept across restarts)")
+    parser.add_argument("--public-url", help="the base URL clients reach us by, when a proxy stands in front "
+                        "(status locations and output references are built on it, as behind a real front)")
     args = parser.parse_args(argv)
 
     from waitress.server import create_server
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     state = PeerState(set(args.token or [DEFAULT_TOKEN]))
     holder: dict[str, Any] = {}
     server = create_server(lambda e, s: holder["app"](e, s), host="127.0.0.1", port=args.port, threads=16)
-    base_url = f"http://127.0.0.1:{server.effective_port}"
+    base_url = (args.public_url or f"http://127.0.0.1:{server.effective_port}").rstrip("/")
     config = write_config(folder, base_url, args.parallel)
     outputs = folder / "outputs"
     foreign = start_foreign_storage(outputs, state)
@@ -246,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
 
     service = Service(processes(), [str(config)])
     holder["app"] = make_front(service, state, outputs, base_url)
-    print(json.dumps({"url": base_url, "wps_url": f"{base_url}/wps/WebProcessingService",
+    # "url" is where the test controls are (never through a proxy); "wps_url" what clients use
+    print(json.dumps({"url": f"http://127.0.0.1:{server.effective_port}", "wps_url": f"{base_url}/wps/WebProcessingService",
                       "token": sorted(state.tokens)[0], "foreign_url": foreign_url, "workdir": str(folder)}),
           flush=True)
     owner = os.getpid()
