@@ -130,12 +130,13 @@ def _final(client, run_id):
 
 def test_cancelling_the_pipeline_from_the_cli_kills_its_grid_jobs(prefect_db, checkin, dataminer, diracx, tmp_path):
     """The whole pipeline, served in another process and cancelled with `prefect flow-run cancel`
-    while its DIRAC jobs wait (no pilot runs them): the hook finds them in the ledger and kills them."""
+    while its DIRAC jobs wait (no pilot runs them): the hook finds them in the ledger and kills
+    them, and marks the run's DataMiner execution cancelled."""
     suffix = uuid.uuid4().hex[:6]
     checkin.credentials().save(f"ck-{suffix}", overwrite=True)
     dataminer.block().save(f"dm-{suffix}", overwrite=True)
     diracx.block().save(f"dx-{suffix}", overwrite=True)
-    final, _, submission = cancel_while_running("pipeline", "egi_pipeline", {
+    final, ledger, submission = cancel_while_running("pipeline", "egi_pipeline", {
         "work_items": {"inputs": {"items": 3}}, "vms": False, "checkin_block": f"ck-{suffix}",
         "dataminer_block": f"dm-{suffix}", "diracx_block": f"dx-{suffix}", "destination": str(tmp_path)},
         tmp_path, service="dirac", cli=True)
@@ -143,3 +144,5 @@ def test_cancelling_the_pipeline_from_the_cli_kills_its_grid_jobs(prefect_db, ch
     statuses = wait_for(lambda: _all_killed(adapter, submission.job_ids), 30, "the jobs to be killed")
     assert final == StateType.CANCELLED
     assert len(statuses) == 3
+    (execution,) = [s for s in asyncio.run(ledger.submissions()) if s.service == "dataminer"]
+    assert wait_for(lambda: asyncio.run(ledger.cancel_requested(execution.key)), 30, "the WPS execution marked")

@@ -40,8 +40,9 @@ def faulted_share(stats: dict) -> float:
 DIRAC_FAULTS = [
     {"kind": "drop-response", "method": "POST", "path": r"^/api/jobs/jdl", "requests": [1, 2]},
     {"kind": "error", "path": r"^/api/auth/", "rate": RATE},
-    {"kind": "reset", "path": r"^/api/jobs/search", "rate": RATE},
-    {"kind": "blackhole", "path": r"/sandbox", "rate": RATE, "seconds": 1},
+    {"kind": "reset", "path": r"^/api/jobs/search", "requests": [1, 3]},
+    {"kind": "error", "path": r"^/api/jobs/\d+/sandbox", "rate": RATE},
+    {"kind": "blackhole", "path": r"^/api/jobs/sandbox", "rate": RATE, "seconds": 1},
     {"kind": "latency", "path": r"^/\.well-known/", "rate": RATE, "seconds": 0.3},
     {"kind": "error", "rate": RATE},
 ]
@@ -88,6 +89,7 @@ def test_dirac_batch_completes_through_a_faulty_network_without_duplicates(prefe
     assert created == jobs + report.resubmitted  # nothing submitted twice
     assert sorted((tmp_path / "faulty" / "out" / str(j) / "result.txt").is_file() for j in report.jobs) == [True] * jobs
     assert stats["faulted"]["drop-response"] == 2 and faulted_share(stats) >= 0.1
+    assert all(stats["faulted"][kind] for kind in ("reset", "error", "blackhole", "latency"))
     assert extra <= 3 * faults  # each fault costs at most a retry and a reconciliation search
 
 
