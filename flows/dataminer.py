@@ -6,7 +6,8 @@
 Submit → wait (live progress in the UI) → download. Transient failures are
 retried where they happen (lookups, the wait, downloads — never the Execute
 itself); a retried flow run resumes watching the execution it already started;
-cancelling the run marks the execution cancelled (WPS 1.0 cannot stop it).
+cancelling the run marks the execution cancelled (WPS 1.0 cannot stop it); a
+crash leaves it running, and `prefect flow-run retry <id>` resumes watching it.
 """
 
 
@@ -25,7 +26,7 @@ from tasks.dataminer import (
     fetch_outputs,
     wait_for_executions,
 )
-from tasks.job_ledger import cancel_remote_jobs
+from tasks.job_ledger import cancel_remote_jobs, keep_remote_jobs_on_crash
 from tasks.redaction import redact_errors
 from tasks.remote import JobState, WatchPolicy
 
@@ -34,7 +35,7 @@ from tasks.remote import JobState, WatchPolicy
     name="dataminer-run",
     description="Run a D4Science DataMiner algorithm, wait for it, download its outputs.",
     on_cancellation=[cancel_remote_jobs],
-    on_crashed=[cancel_remote_jobs],
+    on_crashed=[keep_remote_jobs_on_crash],
 )
 @redact_errors
 def dataminer_run(

@@ -7,7 +7,8 @@
 Submit (chunks of 20, recorded before waiting) → wait (one status request per
 cycle for the whole batch) → resubmit failures up to `max_resubmissions` times
 → download every output sandbox → a markdown summary. Cancelling the run kills
-its jobs (the hook runs in the runner's process and reads the run's ledger).
+its jobs (the hook runs in the runner's process and reads the run's ledger); a
+crash leaves them running, and `prefect flow-run retry <id>` resumes watching them.
 """
 
 from typing import Annotated
@@ -19,7 +20,7 @@ from pydantic import BaseModel, Field
 from flows._blocks import load_named
 from flows._sync import run
 from tasks.dirac import DiracJob, DiracX, JobOutput, fetch_job_outputs, resubmit_jobs, submit_jobs, wait_for_jobs
-from tasks.job_ledger import cancel_remote_jobs
+from tasks.job_ledger import cancel_remote_jobs, keep_remote_jobs_on_crash
 from tasks.redaction import redact_errors
 from tasks.remote import JobState, JobStatus, WatchPolicy
 
@@ -79,7 +80,7 @@ async def run_batch(block: DiracX, job: DiracJob, policy: WatchPolicy, max_resub
     )
 
 
-@flow(name="dirac-batch", on_cancellation=[cancel_remote_jobs], on_crashed=[cancel_remote_jobs])
+@flow(name="dirac-batch", on_cancellation=[cancel_remote_jobs], on_crashed=[keep_remote_jobs_on_crash])
 @redact_errors
 def dirac_batch(
     job: DiracJob,

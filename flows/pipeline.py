@@ -17,7 +17,8 @@ run and the stage: when a failed run is retried, finished stages come back
 from storage instead of running again, and a stage that had already submitted
 remote work finds it in the run's ledger — nothing is submitted twice.
 Transient failures are retried inside the stages, by the service tasks.
-Cancelling the run kills its DIRAC jobs and marks its DataMiner executions.
+Cancelling the run kills its DIRAC jobs and marks its DataMiner executions; a
+crash leaves them running, and `prefect flow-run retry <id>` resumes watching them.
 """
 
 import csv
@@ -35,7 +36,7 @@ from flows.dirac import DiracBatchReport, run_batch
 from tasks.checkin import CheckinCredentials
 from tasks.dataminer import DataMiner, DataMinerResult, run_algorithm
 from tasks.dirac import DiracJob, DiracX
-from tasks.job_ledger import cancel_remote_jobs
+from tasks.job_ledger import cancel_remote_jobs, keep_remote_jobs_on_crash
 from tasks.openstack import FedCloud, Inventory, vm_inventory
 from tasks.redaction import redact_errors
 from tasks.remote import WatchPolicy
@@ -190,7 +191,7 @@ async def vms_stage(fedcloud: FedCloud, vo: Optional[str]) -> Inventory:
     return await vm_inventory(fedcloud, vo)
 
 
-@flow(name="egi-pipeline", on_cancellation=[cancel_remote_jobs], on_crashed=[cancel_remote_jobs])
+@flow(name="egi-pipeline", on_cancellation=[cancel_remote_jobs], on_crashed=[keep_remote_jobs_on_crash])
 @redact_errors
 def egi_pipeline(
     work_items: WorkItems = WorkItems(),

@@ -247,11 +247,18 @@ async def crash_report(flow_run_id: UUID | None, run_name: str | None = None, re
     because = f" ({reason.strip()})" if reason and reason.strip() else ""
     if flow_run_id is None:
         return f"{who} crashed{because}; it ran outside Prefect's API, so no remote job is recorded."
-    submissions = await JobLedger(flow_run_id).submissions()
-    if not submissions:
+    ledger = JobLedger(flow_run_id)
+    submissions = await ledger.submissions()
+    recorded = {s.key for s in submissions}
+    # an intent without its record: the run died (or lost the answer) while submitting
+    unsure = [item.key[len(INTENT_PREFIX):] for item in await ledger._filter(INTENT_PREFIX)
+              if item.key[len(INTENT_PREFIX):] not in recorded]
+    if not submissions and not unsure:
         return f"{who} crashed{because} before submitting any remote job: nothing is left running. " + \
             _next_steps(flow_run_id, jobs=False)
     lines = [f"{who} crashed{because}. A crash is not a cancellation: its remote jobs were NOT cancelled."]
+    lines += [f"- submission {key}: it was being sent when the run died, and whether the service started it "
+              "is unknown; the retried run will not send it blindly (look for it on the service)" for key in unsure]
     total = 0
     for submission in submissions:
         still, finished = await _still_active(submission)
