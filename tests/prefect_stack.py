@@ -139,6 +139,7 @@ class PrefectStack:
     server: Started
     started: list[Started] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    database_url: str = ""  # what the server stores into (SQLite under root/server unless told otherwise)
 
     @property
     def url(self) -> str:
@@ -243,25 +244,31 @@ class PrefectStack:
                          json={"active": False})
         return self.api("GET", f"/deployments/{deployment['id']}")
 
-    def start_worker(self, pool: str, wait: bool = True, **extra_env: str) -> Started:
+    def start_worker(self, pool: str, wait: bool = True, name: str | None = None,
+                     limit: int | None = None, **extra_env: str) -> Started:
         """`prefect worker start --pool <pool>`; with `wait`, returns once it is ONLINE (else call
-        `wait_for_worker` later, e.g. after deploying in the meantime)."""
-        worker = self.spawn(f"worker-{pool}", [*PREFECT, "worker", "start", "--pool", pool, "--name",
-                                              f"test-{self.stack_id[:8]}"], **extra_env)
+        `wait_for_worker` later, e.g. after deploying in the meantime). Several workers on one
+        pool need distinct `name`s (also their log's name); `limit`: its `--limit` (flow runs
+        at once)."""
+        name = name or f"test-{self.stack_id[:8]}"
+        worker = self.spawn(f"worker-{pool}" if name.startswith("test-") else f"worker-{name}",
+                            [*PREFECT, "worker", "start", "--pool", pool, "--name", name,
+                             *(["--limit", str(limit)] if limit else [])], **extra_env)
         if wait:
             self.wait_for_worker(worker, pool)
         return worker
 
-    def wait_for_worker(self, worker: Started, pool: str, timeout: float = 60) -> None:
-        wait_until(lambda: not worker.alive() or self._worker_online(pool), timeout, f"worker on pool {pool!r}",
-                   on_timeout=lambda: _tail(worker.log))
+    def wait_for_worker(self, worker: Started, pool: str, timeout: float = 60, name: str | None = None) -> None:
+        """Until a worker of `pool` (the one called `name`, when given) is ONLINE."""
+        wait_until(lambda: not worker.alive() or self._worker_online(pool, name), timeout,
+                   f"worker {name or ''} on pool {pool!r}", on_timeout=lambda: _tail(worker.log))
         if not worker.alive():
             raise StackError(f"worker exited with code {worker.process.returncode}:\n{_tail(worker.log)}")
         self.timings["worker start"] = time.monotonic() - worker.started_at
 
-    def _worker_online(self, pool: str) -> bool:
-        return any(w.get("status") == "ONLINE" for w in self.api("POST", f"/work_pools/{pool}/workers/filter",
-                                                               json={}))
+    def _worker_online(self, pool: str, name: str | None = None) -> bool:
+        return any(w.get("status") == "ONLINE" and name in (None, w.get("name"))
+                   for w in self.api("POST", f"/work_pools/{pool}/workers/filter", json={}))
 
     def run_deployment(self, deployment_id: str, parameters: Mapping[str, Any] | None = None) -> dict:
         return self.api("POST", f"/deployments/{deployment_id}/create_flow_run",
@@ -326,10 +333,14 @@ def client_env(home: Path, stack_id: str, **settings: str) -> dict[str, str]:
     return env
 
 
-def start_server(root: Path, timeout: float = 120, attempts: int = 3) -> PrefectStack:
+def start_server(root: Path, timeout: float = 120, attempts: int = 3, database_url: str | None = None,
+                 **server_env: str) -> PrefectStack:
     """`prefect server start` on a free port of 127.0.0.1, its own PREFECT_HOME and SQLite DB,
     the UI on, telemetry and the scheduler service off; returns once /api/health answers.
-    (A port taken between choosing and binding it means another try on a new port.)"""
+    (A port taken between choosing and binding it means another try on a new port.)
+
+    `database_url`: another database instead, e.g. `postgresql+asyncpg://user:pw@127.0.0.1:5432/prefect`
+    (asyncpg comes with Prefect). `server_env`: more PREFECT_SERVER_* settings for the server."""
     from leak_sweep import STACK_ROOTS
 
     root.mkdir(parents=True, exist_ok=True)
@@ -337,14 +348,15 @@ def start_server(root: Path, timeout: float = 120, attempts: int = 3) -> Prefect
     stack_id = uuid.uuid4().hex
     for attempt in range(1, attempts + 1):
         try:
-            return _start_server(root, stack_id, timeout)
+            return _start_server(root, stack_id, timeout, database_url, server_env)
         except StackError as error:
             if attempt == attempts or "address already in use" not in str(error).lower():
                 raise
     raise AssertionError("unreachable")
 
 
-def _start_server(root: Path, stack_id: str, timeout: float) -> PrefectStack:
+def _start_server(root: Path, stack_id: str, timeout: float, database_url: str | None = None,
+                  server_env: Mapping[str, str] | None = None) -> PrefectStack:
     port = free_port()
     home = root / "server"
     env = client_env(
@@ -353,9 +365,10 @@ def _start_server(root: Path, stack_id: str, timeout: float) -> PrefectStack:
         PREFECT_SERVER_UI_ENABLED="true",
         PREFECT_SERVER_API_HOST="127.0.0.1",
         PREFECT_SERVER_API_PORT=str(port),
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         PREFECT_SERVER_LOGGING_LEVEL="WARNING",
         PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true",  # a 503 (e.g. SQLite locked) shows in server.log
+        **dict(server_env or {}),
     )
     log = root / "server.log"
     with log.open("ab") as handle:
@@ -364,7 +377,8 @@ def _start_server(root: Path, stack_id: str, timeout: float) -> PrefectStack:
              "--no-scheduler", "--ui"],
             cwd=root, env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
-    stack = PrefectStack(root=root, port=port, stack_id=stack_id, server=Started("server", process, log))
+    stack = PrefectStack(root=root, port=port, stack_id=stack_id, server=Started("server", process, log),
+                         database_url=env["PREFECT_SERVER_DATABASE_CONNECTION_URL"])
     started = time.monotonic()
 
     def healthy() -> bool:

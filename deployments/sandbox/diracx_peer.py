@@ -12,6 +12,11 @@ DiracX credentials files (what `dirac login` writes):
 With `--idp-url` (our Check-in peer's issuer) and a user's Check-in `sub` in
 `--vo VO:GROUP:USER:SUB`, the device-flow login (`dirac login`) works end to end.
 
+With `--record-searches FILE` every job search (`POST /api/jobs/search`) is
+appended to FILE as one JSON line — time, page, per_page and the JobIDs asked
+about — so a test can count status requests per flow and per poll cycle from the
+server's side, whatever the client claims.
+
 Run: `python diracx_peer.py` prints one JSON line (URL, VO, group, credentials
 files) and supervises the two servers until terminated.
 """
@@ -32,6 +37,51 @@ import uuid
 from pathlib import Path
 
 import httpx
+
+
+SEARCH_LOG = "DIRACX_PEER_SEARCH_LOG"  # where `recording_app` appends the searches
+
+
+def recording_app():  # uvicorn --factory diracx_peer:recording_app (env: DIRACX_PEER_SEARCH_LOG=FILE)
+    """The DiracX test app behind a pure ASGI layer that records each job search."""
+    from urllib.parse import parse_qs
+
+    from diracx.testing.routers import create_app
+
+    app = create_app()
+    log = open(os.environ[SEARCH_LOG], "a", buffering=1)  # noqa: SIM115 (open for the server's life)
+
+    async def recorded(scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/api/jobs/search":
+            return await app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        query = parse_qs(scope.get("query_string", b"").decode())
+        try:
+            search = json.loads(body or b"{}").get("search") or []
+        except ValueError:
+            search = []
+        ids = next((sorted(int(v) for v in term.get("values", [])) for term in search
+                    if term.get("parameter") == "JobID" and term.get("operator") == "in"), None)
+        log.write(json.dumps({"t": round(time.time(), 3), "page": int(query.get("page", ["1"])[0]),
+                              "per_page": int(query.get("per_page", ["100"])[0]), "ids": ids,
+                              "terms": sorted(t.get("parameter", "") for t in search)}) + "\n")
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await app(scope, replay, send)
+
+    return recorded
 
 
 def free_port() -> int:
@@ -84,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idp-url", default="https://x.invalid", help="the VOs' OIDC issuer (device-flow login)")
     parser.add_argument("--idp-client-id", default="diracx", help="DiracX's client id at that issuer")
     parser.add_argument("--token-lifetime", type=int, default=7 * 24 * 3600)
+    parser.add_argument("--record-searches", help="append every job search to this file (JSON lines)")
     args = parser.parse_args(argv)
 
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="diracx-peer-"))
@@ -139,8 +190,12 @@ def main(argv: list[str] | None = None) -> None:
     children = [
         subprocess.Popen([bin_path("moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], env=env,
                          stdout=(logs / "moto.log").open("ab"), stderr=subprocess.STDOUT),
-        subprocess.Popen([python, "-m", "uvicorn", "--factory", "diracx.testing.routers:create_app",
-                          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env,
+        subprocess.Popen([python, "-m", "uvicorn", "--factory", *(
+                            ["--app-dir", str(Path(__file__).resolve().parent), "diracx_peer:recording_app"]
+                            if args.record_searches else ["diracx.testing.routers:create_app"]),
+                          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                         env=env | ({SEARCH_LOG: str(Path(args.record_searches).resolve())}
+                                    if args.record_searches else {}),
                          stdout=(logs / "uvicorn.log").open("ab"), stderr=subprocess.STDOUT),
     ]
 

@@ -38,9 +38,14 @@ BLOCKS = ("egi-checkin", "dataminer", "diracx", "fedcloud", "notebooks")
 class Sandbox:
     """The stack's processes and what they announced (URLs, demo credentials)."""
 
-    def __init__(self, workdir: str | Path, hub: bool = True, failure_rate: float = 0.2):
+    def __init__(self, workdir: str | Path, hub: bool = True, failure_rate: float = 0.2,
+                 peer_args: dict[str, tuple[str, ...]] | None = None):
+        """`peer_args`: more options for a peer's script, by peer name (`checkin`, `dataminer`,
+        `diracx`, `openstack`, `notebooks`, `pilot`), given last so they override the defaults,
+        e.g. `{"pilot": ("--duration", "5")}`."""
         self.workdir = Path(workdir)
         self.hub, self.failure_rate = hub, failure_rate
+        self.peer_args = {name: tuple(args) for name, args in (peer_args or {}).items()}
         self.peers: dict[str, PeerProcess] = {}
 
     def start(self) -> dict[str, Any]:
@@ -49,7 +54,7 @@ class Sandbox:
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            self.peers["checkin"] = start_peer("checkin", "checkin_peer.py")
+            self.peers["checkin"] = start_peer("checkin", "checkin_peer.py", *self.peer_args.get("checkin", ()))
             issuer = self.peers["checkin"].info["issuer"]
             alice = DEFAULT_USERS["alice"]["sub"]
             starts = {
@@ -63,7 +68,8 @@ class Sandbox:
             if self.hub:
                 starts["notebooks"] = ("notebooks_peer.py", "--issuer", issuer)
             with ThreadPoolExecutor(len(starts)) as pool:
-                futures = {name: pool.submit(start_peer, name, *args, timeout=120) for name, args in starts.items()}
+                futures = {name: pool.submit(start_peer, name, *args, *self.peer_args.get(name, ()), timeout=120)
+                           for name, args in starts.items()}
                 errors = []
                 for name, future in futures.items():
                     try:
@@ -76,7 +82,7 @@ class Sandbox:
             self.peers["pilot"] = start_peer(
                 "pilot", "dirac_pilot.py", "--url", diracx["url"], "--credentials", diracx["vos"][VO]["pilot"],
                 "--workdir", str(self.workdir / "pilot"), "--duration", "1", "--failure-rate",
-                str(self.failure_rate), "--seed", "1")
+                str(self.failure_rate), "--seed", "1", *self.peer_args.get("pilot", ()))
         except BaseException:
             self.stop()
             raise
