@@ -6,7 +6,7 @@ Runs, one after the other, each as its own process writing its numbers with
 `--json` (its own table is printed as it goes; its log goes to a file):
 
 - `bench_dataminer.py`  WPS waits vs owslib `monitorExecution(sleepSecs=5)`:
-  2, 10 and 30 s jobs (the issue's), medians of 3; then the token revoked mid-job;
+  2, 10 and 30 s jobs (the issue's), one run each; then the token revoked mid-job;
 - `bench_dirac.py`      DIRAC submission of 1,000 jobs vs a raw chunked
   diracx-client loop and vs one by one (medians of 3), waiting on 1,000 jobs vs
   per-job polling, one poll cycle over 10,000 jobs (requests, memory);
@@ -20,13 +20,20 @@ then prints ONE markdown table — metric | ours | baseline | ratio (ours /
 baseline) | target | met? — with the targets of issues 3, 4, 5 and 7, and
 writes it to `--out`.
 
+About 12 minutes on 2 cores (much longer when the machine is busy: the
+process-per-site baseline alone starts 30 Python processes at once).
+The DataMiner jobs run once each by default: a WPS wait is bound by the job's
+own duration, so medians of 3 would add about three minutes; ask for them by running
+`bench_dataminer.py --durations 2 10 30 --repeat 3` alone.
+
 `--quick` (a routine check, about half the time): DataMiner 2 and 10 s jobs
-once each (no 30 s job); DIRAC, inventory and the pipeline once each instead
-of medians of 3; the same workload sizes, so the targets still apply — but
-single runs are noisier. `--only NAME …` runs a subset; `--json-dir DIR`
+(no 30 s job); DIRAC, inventory and the pipeline once each instead of medians
+of 3; the same workload sizes, so the targets still apply — but single runs
+are noisier. `--only NAME …` runs a subset; `--json-dir DIR`
 keeps the numbers (and the logs) there; `--table-only` renders the table from
 a `--json-dir` of an earlier run without running anything.
 Benchmarks are CPU-sensitive: the table records the load average before and after.
+Exit status 1 when a benchmark did not complete (a missed target is a ✗, not an error).
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ REPO = HERE.parents[1]
 
 # name: (script, full arguments, --quick arguments)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
-    "dataminer": ("bench_dataminer.py", ["--durations", "2", "10", "30", "--repeat", "3"],
+    "dataminer": ("bench_dataminer.py", ["--durations", "2", "10", "30", "--repeat", "1"],
                   ["--durations", "2", "10", "--repeat", "1"]),
     "dirac": ("bench_dirac.py", ["--jobs", "1000", "--big", "10000", "--repeat", "3"],
               ["--jobs", "1000", "--big", "10000", "--repeat", "1"]),
@@ -114,6 +121,10 @@ def ratio(ours: float | None, baseline: float | None) -> str:
     return f"{r:.2f}" if r >= 0.1 else f"{r:.2g}"
 
 
+def how_many(runs: int, what: str = "run") -> str:
+    return f"one {what}" if runs == 1 else f"medians of {runs} {what}s"
+
+
 def met(condition: bool | None) -> str:
     return NONE if condition is None else (YES if condition else NO)
 
@@ -156,7 +167,7 @@ def dataminer_rows(table: Table, data: dict) -> None:
     table.notes.append(f"Token revoked mid-job: ours sent {ours['requests']} status requests in {ours['seconds']:.1f} s, "
                        f"then {ours['outcome']}; owslib sent {theirs['requests']} in {theirs['seconds']:.1f} s "
                        f"({theirs['outcome']}).")
-    table.notes.append(f"WPS: medians of {data['repeat']} run(s) per job length; latency = when the waiter "
+    table.notes.append(f"WPS: {how_many(data['repeat'])} per job length; latency = when the waiter "
                        "noticed the end − when the server wrote the final status document.")
 
 
@@ -176,7 +187,7 @@ def dirac_rows(table: Table, data: dict) -> None:
               big["jobs"], "1 per cycle", big_per_cycle == 1, baseline_text=f"{big['jobs']:,} (1 per job)")
     table.add(f"DIRAC tracking {big['jobs']:,} jobs: Python memory peak (MiB)", big["peak_mib"], None,
               f"< 100 MB ({100 * MB:.1f} MiB)", big["peak_mib"] < 100 * MB)
-    table.notes.append(f"DIRAC: submission medians of {data['repeat']} interleaved round(s) after a warm-up; "
+    table.notes.append(f"DIRAC: submission {how_many(data['repeat'], 'round')} (interleaved) after a warm-up; "
                        f"waiting: ours {wait['ours_requests']} requests in {wait['ours_cycles']} cycles "
                        f"({wait['ours_s']:.1f} s), per-job polling {wait['per_job_requests']} requests in "
                        f"{wait['per_job_cycles']} cycles ({wait['per_job_s']:.1f} s; its requests per cycle are a mean, fewer as "
@@ -193,8 +204,8 @@ def inventory_rows(table: Table, data: dict) -> None:
               ours * 10 <= data["sequential_s"], unit="s")
     table.add(f"VM inventory, {s} sites (s) vs a process per site", ours, data["process_per_site_s"], NONE, None,
               unit="s")
-    table.notes.append(f"Inventory: {s} stand-in sites answering every request 50–200 ms late, 20 VMs each; medians "
-                       f"of {data['repeat']} (process per site: 1 run).")
+    table.notes.append(f"Inventory: {s} stand-in sites answering every request 50–200 ms late, 20 VMs each; "
+                       f"{how_many(data['repeat'])} (process per site: one run).")
 
 
 def overhead_rows(table: Table, data: dict) -> None:
@@ -216,8 +227,8 @@ def overhead_rows(table: Table, data: dict) -> None:
         table.add("Prefect overhead per pipeline run (s): flow vs its stages via `.fn`", p["ours_s"], p["baseline_s"],
                   f"reported (Δ = {delta:+.2f} s)", None, unit="s")
         table.notes.append(f"Pipeline: `egi-pipeline` under Prefect's test harness vs the same stages and service "
-                           f"tasks called through `.fn` (no flow/task runs, persistence, artifacts, events); medians "
-                           f"of {p['runs']} interleaved run(s) after a warm-up; each run: {w['work_items']} work "
+                           f"tasks called through `.fn` (no flow/task runs, persistence, artifacts, events); "
+                           f"{how_many(p['runs'])} (interleaved) after a warm-up; each run: {w['work_items']} work "
                            f"items, {w['grid_jobs']} grid jobs, a summary, {w['vms']} VMs "
                            f"(runs: ours {', '.join(f'{s:.2f}' for s in p['ours_runs_s'])} s; "
                            f"baseline {', '.join(f'{s:.2f}' for s in p['baseline_runs_s'])} s).")
