@@ -321,6 +321,7 @@ class ScaleReport:
     run_seconds: dict[str, float]  # per run: min / median / max of (end - creation)
     setup_seconds: float
     database_bytes: int
+    runs_per_worker: dict[str, int] = field(default_factory=dict)  # flow runs each worker started
     warnings: list[str] = field(default_factory=list)  # WARNING+ flow-run log lines (distinct, counted)
     failures: list[str] = field(default_factory=list)  # what went wrong with runs that did not complete
 
@@ -364,6 +365,7 @@ class ScaleReport:
             lines.append(f"peak RSS {name}: own {peak['own'] / mib:.0f} MiB, tree {peak['tree'] / mib:.0f} MiB, "
                          f"{peak['children']} child process(es) at most, largest child tree "
                          f"{peak['largest_child_tree'] / mib:.0f} MiB")
+        lines.append(f"flow runs started per worker: {self.runs_per_worker}")
         lines.append(f"Prefect database ({c['database']}): {self.database_bytes / mib:.1f} MiB")
         if self.warnings:
             lines.append("flow-run warnings:")
@@ -477,6 +479,20 @@ def diracx_jobs(url: str, credentials: str) -> list[dict]:
                 page += 1
 
     return asyncio.run(everything())
+
+
+@contextlib.contextmanager
+def _uninterrupted():
+    """SIGINT and SIGTERM ignored for the duration (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _read_json(path: Path) -> dict:
@@ -605,20 +621,22 @@ def run_scale(config: ScaleConfig) -> ScaleReport:
         wall = time.monotonic() - started
         sampler.stop()
         say(f"{ended}/{len(ids)} run(s) ended after {wall:.0f} s; verifying")
-        return _verify(config, stack, runs, info, searches_file, pilot_stats, sampler, wall, setup, postgres,
-                       checkout, VO)
+        report = _verify(config, stack, runs, info, searches_file, pilot_stats, sampler, wall, setup, postgres,
+                         checkout, VO)
+        for name, worker in workers:
+            text = worker.log.read_text(errors="replace") if worker.log.exists() else ""
+            report.runs_per_worker[name] = len(re.findall(r"Flow run '[^']+' submitted to infrastructure", text))
+        return report
     finally:
-        if sampler:
-            sampler.stop()
         say("stopping everything")
-        if stack:
-            with contextlib.suppress(Exception):
-                stack.stop()
-        if sandbox:
-            with contextlib.suppress(Exception):
-                sandbox.stop()
-        if postgres:
-            postgres.stop()
+        with _uninterrupted():  # a second Ctrl-C must not leave half the stack running
+            for step in (sampler and sampler.stop, stack and stack.stop, sandbox and sandbox.stop,
+                         postgres and postgres.stop):
+                if step:
+                    try:
+                        step()
+                    except BaseException as error:  # noqa: BLE001 - the other steps must run
+                        print(f"cleanup: {step.__qualname__}: {type(error).__name__}: {error}", file=sys.stderr)
         if config.keep:  # the peers' own logs, for a look afterwards
             for log in [*fast_dir.glob("diracx/logs/*.log"), *fast_dir.glob("dataminer/*.log")]:
                 with contextlib.suppress(OSError):
@@ -704,7 +722,8 @@ def main(argv: list[str] | None = None) -> int:
     def interrupted(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, interrupted)  # Ctrl-C is KeyboardInterrupt already; both clean up
+    for sig in (signal.SIGINT, signal.SIGTERM):  # explicit: a background job may inherit SIGINT ignored
+        signal.signal(sig, interrupted)
     try:
         report = run_scale(config)
     except KeyboardInterrupt:
