@@ -38,6 +38,8 @@ from pathlib import Path
 
 import httpx
 
+from peers import PORT_TAKEN
+
 
 SEARCH_LOG = "DIRACX_PEER_SEARCH_LOG"  # where `recording_app` appends the searches
 
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
                          stdout=(logs / "uvicorn.log").open("ab"), stderr=subprocess.STDOUT),
     ]
 
-    def stop(*_: object) -> None:
+    def stop(*_: object, code: int = 0) -> None:
         for child in children:
             child.terminate()
         for child in children:
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
                 child.kill()
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
-        sys.exit(0)
+        sys.exit(code)
 
     signal.signal(signal.SIGTERM, stop)
     deadline = time.monotonic() + 60
@@ -220,8 +222,10 @@ def main(argv: list[str] | None = None) -> None:
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline or any(c.poll() is not None for c in children):
-            print((logs / "uvicorn.log").read_text()[-2000:], file=sys.stderr)
-            stop()
+            told = (logs / "uvicorn.log").read_text() + (logs / "moto.log").read_text()
+            print(told[-2000:], file=sys.stderr)
+            # a port chosen free was taken before the server bound it: the starter tries again
+            stop(code=PORT_TAKEN if "address already in use" in told.lower() else 1)
         time.sleep(0.2)
 
     jwks = root / "keystore" / "jwks.json"

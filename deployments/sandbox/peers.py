@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 
 SANDBOX = Path(__file__).resolve().parent
+# Exit status of a peer whose port, chosen free, was taken before it could bind it.
+PORT_TAKEN = 75
 
 
 @dataclass
@@ -64,8 +66,24 @@ class PeerProcess:
                 self.process.stdout.close()
 
 
-def start_peer(name: str, script: str, *args: str, timeout: float = 30.0, env: dict[str, str] | None = None) -> PeerProcess:
-    """Run `sandbox/<script>` with `args`; wait for its JSON announcement line."""
+def start_peer(name: str, script: str, *args: str, timeout: float = 30.0, env: dict[str, str] | None = None,
+               attempts: int = 3) -> PeerProcess:
+    """Run `sandbox/<script>` with `args`; wait for its JSON announcement line. A peer
+    that lost its port to another process (exit status PORT_TAKEN) is started again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_peer(name, script, *args, timeout=timeout, env=env)
+        except PortTaken:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+class PortTaken(RuntimeError):
+    pass
+
+
+def _start_peer(name: str, script: str, *args: str, timeout: float, env: dict[str, str] | None) -> PeerProcess:
     process = subprocess.Popen(
         [sys.executable, str(SANDBOX / script), *args],
         stdout=subprocess.PIPE,
@@ -79,6 +97,8 @@ def start_peer(name: str, script: str, *args: str, timeout: float = 30.0, env: d
     assert process.stdout is not None
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            if process.returncode == PORT_TAKEN:
+                raise PortTaken(f"peer {name}: its port was taken before it could bind it")
             raise RuntimeError(f"peer {name} exited with code {process.returncode} before announcing itself")
         ready, _, _ = select.select([process.stdout], [], [], 0.2)
         if ready:
