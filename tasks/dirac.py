@@ -268,7 +268,12 @@ def engine_error(exc: BaseException, url: str = "the server") -> BaseException:
     """azure-core and httpx2 (diracx-client's HTTP stack) errors → the engine's
     transient / credentials vocabulary."""
     import httpx2
-    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
 
     if is_certificate_failure(exc):  # not transient: retrying cannot make the certificate verify
         return certificate_error("DiracX", url)
@@ -279,6 +284,8 @@ def engine_error(exc: BaseException, url: str = "the server") -> BaseException:
         return TransientServiceError("DiracX discovery (/.well-known/openid-configuration) did not answer")
     if isinstance(exc, ClientAuthenticationError) or getattr(exc, "status_code", None) == 401:
         return CredentialsRejected(f"DiracX refused the credentials: {_detail(exc)}")
+    if isinstance(exc, ServiceResponseError):  # sent, but the answer failed (e.g. a read timeout)
+        return TransientServiceError(f"DiracX did not answer in full: {type(exc).__name__}")
     if isinstance(exc, ServiceRequestError):
         return TransientServiceError(f"DiracX unreachable: {type(exc).__name__}")
     if isinstance(exc, HttpResponseError) and (exc.status_code or 0) in (429, 500, 502, 503, 504):

@@ -86,7 +86,8 @@ def write_config(folder: Path, base_url: str, parallel: int) -> Path:
         "mode = multiprocessing\n"
         "[logging]\n"
         "level = INFO\n"
-        f"database = sqlite:///{folder / 'pywps-log.sqlite'}\n"
+        # concurrent executions (forked) write here: wait for the lock instead of dying on it
+        f"database = sqlite:///{folder / 'pywps-log.sqlite'}?timeout=60\n"
         f"file = {folder / 'pywps.log'}\n"
     )
     return config
