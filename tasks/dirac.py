@@ -22,7 +22,7 @@ import os
 import stat
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -372,15 +372,24 @@ class DiracAdapter(RemoteJobAdapter):
 
 # -- submission ------------------------------------------------------------------------------------
 
-async def _submit_jdls(block: DiracX, key: str, jdls: Sequence[str], concurrency: int, label: str) -> list[int]:
-    """Send JDLs in chunks of 20 with bounded concurrency, exactly once (see
-    `tasks.dirac_submission`); ids in the order of `jdls`. A retried flow run first
-    asks the server what its earlier attempt created. Jobs created before a final
-    failure are recorded (so a cancellation finds them) before the error is raised."""
+Render = Callable[[Any], Awaitable[Sequence[str]]]  # the JDLs to send, made with the client at hand
+
+
+async def _submit_jdls(block: DiracX, key: str, render: Render, concurrency: int,
+                       label: str) -> tuple[list[int], list[str]]:
+    """Render the JDLs (`render(api)`: e.g. upload sandboxes first), then send them in
+    chunks of 20, exactly once (see `tasks.dirac_submission`); returns the ids in the
+    order of the JDLs, and the JDLs. Both steps share ONE client: each client GETs the
+    server's discovery document and builds a TLS context when it is made (~30 ms).
+    A retried flow run first asks the server what its earlier attempt created. Jobs
+    created before a final failure are recorded (so a cancellation finds them) before
+    the error is raised."""
     retried = _retried_run()
     earlier = [int(j) for s in await JobLedger.current().submissions() if s.service == "dirac" for j in s.job_ids]
+    jdls: list[str] = []
 
     async def everything(api: Any) -> list[int]:
+        jdls.extend(await render(api))
         ids, extra = await submit_exactly_once(api, jdls, concurrency=concurrency, reconcile_first=retried,
                                                exclude=earlier, classify=lambda exc: engine_error(exc, block.url))
         if extra:
@@ -389,7 +398,7 @@ async def _submit_jdls(block: DiracX, key: str, jdls: Sequence[str], concurrency
         return ids
 
     try:
-        return await block.job_adapter().call(everything)
+        return await block.job_adapter().call(everything), jdls
     except SubmissionIncomplete as incomplete:
         created = sorted(incomplete.created)
         await _record(block, f"{key}-incomplete", [incomplete.created[i] for i in created],
@@ -424,7 +433,8 @@ async def _record(block: DiracX, key: str, ids: Sequence[int], jdls: Sequence[st
 
 async def submit(block: DiracX, jobs: Sequence[DiracJob], key: str | None = None,
                  concurrency: int = 4) -> list[int]:
-    """Render, upload sandboxes, submit in chunks of 20 — once per flow run."""
+    """Render, upload sandboxes, submit in chunks of 20 — once per flow run. At most
+    `concurrency` calls are in flight, fewer while the server only queues them."""
     jobs = [j if isinstance(j, DiracJob) else DiracJob.model_validate(j) for j in jobs]
     key = key or submission_key("dirac", block.url, block.vo, block.group,
                                 [j.model_dump(mode="json") for j in jobs])
@@ -444,9 +454,8 @@ async def submit(block: DiracX, jobs: Sequence[DiracJob], key: str | None = None
 
     group = batch_group(key)
     jobs = [j if j.job_group else j.model_copy(update={"job_group": group}) for j in jobs]
-    jdls = await block.job_adapter().call(render)
     label = jobs[0].job_name if jobs else ""
-    ids = await _submit_jdls(block, key, jdls, concurrency, label)
+    ids, jdls = await _submit_jdls(block, key, render, concurrency, label)
     await _record(block, key, ids, jdls, label)
     run_logger().info("Submitted %d DIRAC job(s) in %d call(s)", len(ids), -(-len(ids) // MAX_JDLS_PER_CALL))
     return ids
@@ -473,7 +482,11 @@ async def resubmit(block: DiracX, failed: Sequence[int], attempt: int, concurren
         raise ValueError(f"job ids {missing}: not submitted by this flow run, so their JDL is unknown; "
                          "resubmit them from their job descriptions instead")
     jdls = [jdl_of[j] for j in failed]
-    new = await _submit_jdls(block, key, jdls, concurrency, f"resubmission {attempt}")
+
+    async def stored(api: Any) -> list[str]:
+        return jdls
+
+    new, _ = await _submit_jdls(block, key, stored, concurrency, f"resubmission {attempt}")
     await _record(block, key, new, jdls, f"resubmission {attempt}")
     run_logger().info("Resubmitted %d failed DIRAC job(s) (attempt %d)", len(new), attempt)
     return dict(zip(failed, new))
