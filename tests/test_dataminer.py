@@ -222,3 +222,32 @@ def test_bad_url_and_unreachable_server_are_clear(tmp_path):
     with pytest.raises(WPSError, match="failed 2 times; last failure: ConnectError") as caught:
         run(client.describe("X"))
     assert "gcube-secret-token" not in str(caught.value)
+
+
+def test_executions_queued_by_the_server_get_their_inputs_intact(tmp_path):
+    """Over its `parallelprocesses`, PyWPS queues an execution and launches it later from a
+    stored copy; a multi-line table sent inline must reach the algorithm unchanged (a PyWPS
+    bug left it wrapped in CDATA — seen with 50 pipelines at once)."""
+    from pydantic import SecretStr
+
+    from deployments.sandbox.peers import start_peer
+    from tasks.dataminer import DataMiner, run_algorithm, submit_execution
+
+    peer = start_peer("dataminer-queue", "dataminer_peer.py", "--parallel", "1")
+    try:
+        block = DataMiner(url=peer.info["wps_url"], gcube_token=SecretStr(peer.info["token"]))
+        table = tmp_path / "in.csv"
+        table.write_text("a,b\n1,2\n3,4\n5,6\n")
+
+        async def scenario():
+            await submit_execution(block, "SLOW_COUNTER", {"seconds": 2, "steps": 2})  # holds the only slot
+            return await asyncio.gather(*(
+                run_algorithm.fn(block, "CSV_SUMMARY", {"table": table}, destination=str(tmp_path / f"out{i}"),
+                                 policy=FAST) for i in range(2)))
+
+        for result in run(scenario()):
+            assert result.state == "succeeded", result
+            summary = next(f for f in result.files if f.name == "summary.csv")
+            assert Path(summary.path).read_text().splitlines() == ["column,count,sum", "a,3,9", "b,3,12"]
+    finally:
+        peer.stop()

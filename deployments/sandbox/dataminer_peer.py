@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -72,6 +74,13 @@ def write_config(folder: Path, base_url: str, parallel: int) -> Path:
     outputs.mkdir(exist_ok=True)
     work.mkdir(exist_ok=True)
     config = folder / "pywps.cfg"
+    log_db = folder / "pywps-log.sqlite"
+    # Write-ahead logging (kept in the file): PyWPS' forked executions only ever read
+    # their row before writing it, and in WAL mode readers never wait for a writer — in
+    # the default mode 50 concurrent executions starved some reads past the timeout and
+    # the child died before it ran (the execution stayed Accepted forever).
+    with contextlib.closing(sqlite3.connect(log_db)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
     config.write_text(
         "[server]\n"
         f"url = {base_url}/wps/WebProcessingService\n"
@@ -87,7 +96,7 @@ def write_config(folder: Path, base_url: str, parallel: int) -> Path:
         "[logging]\n"
         "level = INFO\n"
         # concurrent executions (forked) write here: wait for the lock instead of dying on it
-        f"database = sqlite:///{folder / 'pywps-log.sqlite'}?timeout=60\n"
+        f"database = sqlite:///{log_db}?timeout=60\n"
         f"file = {folder / 'pywps.log'}\n"
     )
     return config
@@ -216,6 +225,16 @@ def start_foreign_storage(storage: Path, state: PeerState) -> ThreadingHTTPServe
     return server
 
 
+def keep_queued_inputs_intact() -> None:
+    """PyWPS 4.8 keeps a request it queues (over `parallelprocesses`) as JSON, its inline
+    ComplexData wrapped in CDATA, and unwraps it at launch with a pattern whose `.` stops at
+    a newline: multi-line data (a CSV table) reached the process still wrapped, `]]>` and
+    all. DataMiner queues executions too but hands them over intact; so must the peer."""
+    import pywps.inout.inputs
+
+    pywps.inout.inputs.CDATA_PATTERN = re.compile(r"<!\[CDATA\[(.*?)\]\]>", re.DOTALL)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=0)
@@ -244,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["DATAMINER_PEER_FOREIGN_URL"] = foreign_url
 
     from pywps import Service
+
+    keep_queued_inputs_intact()
 
     from dataminer_processes import processes
 
