@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import os
 import re
 import shutil
 import signal
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -74,13 +72,7 @@ def write_config(folder: Path, base_url: str, parallel: int) -> Path:
     outputs.mkdir(exist_ok=True)
     work.mkdir(exist_ok=True)
     config = folder / "pywps.cfg"
-    log_db = folder / "pywps-log.sqlite"
-    # Write-ahead logging (kept in the file): PyWPS' forked executions only ever read
-    # their row before writing it, and in WAL mode readers never wait for a writer — in
-    # the default mode 50 concurrent executions starved some reads past the timeout and
-    # the child died before it ran (the execution stayed Accepted forever).
-    with contextlib.closing(sqlite3.connect(log_db)) as db:
-        db.execute("PRAGMA journal_mode=WAL")
+    log_db = folder / "pywps-log.sqlite"  # not in WAL mode: forked executions then met 'disk I/O error'
     config.write_text(
         "[server]\n"
         f"url = {base_url}/wps/WebProcessingService\n"
@@ -235,6 +227,90 @@ def keep_queued_inputs_intact() -> None:
     pywps.inout.inputs.CDATA_PATTERN = re.compile(r"<!\[CDATA\[(.*?)\]\]>", re.DOTALL)
 
 
+def outlast_a_busy_log_database() -> None:
+    """PyWPS records every execution in its log database, also from each forked
+    execution (its pid, every status); one 'database is locked' there kills the fork
+    before the algorithm runs and the execution stays Accepted forever. Seen with 50
+    pipelines at once on 2 cores despite a 60 s busy timeout. DataMiner does not lose executions under load, so the peer
+    tries such a write again (each try on a fresh connection: PyWPS opens one per call)."""
+    import functools
+
+    import pywps.app.Service
+    import pywps.dblog
+    import pywps.response.basic
+    from sqlalchemy.exc import OperationalError
+
+    def patient(call: Any) -> Any:
+        @functools.wraps(call)
+        def again(*args: Any, **kwargs: Any) -> Any:
+            for attempt in range(30):
+                try:
+                    return call(*args, **kwargs)
+                except OperationalError as exc:  # a failed commit rolled back: trying again is safe
+                    if "locked" not in str(exc) or attempt == 29:
+                        raise
+                    time.sleep(min(0.05 * 2 ** attempt, 1.0))
+            raise AssertionError("unreachable")
+        return again
+
+    for name in ("log_request", "store_status", "update_pid", "store_process", "pop_first_stored",
+                 "get_process_counts", "cleanup_crashed_process"):
+        patched = patient(getattr(pywps.dblog, name))
+        for module in (pywps.dblog, pywps.app.Service, pywps.response.basic):
+            if hasattr(module, name):
+                setattr(module, name, patched)
+
+
+def fork_executions_from_a_clean_process(config: Path) -> None:
+    """PyWPS forks each execution from the server process, whose 16 request threads
+    hold locks at any moment — SQLite's, lxml's; a fork copies them held, and the child
+    waits for them forever (three executions of 50 concurrent pipelines hung so:
+    'running' for good, with PyWPS' queue stuck behind them). Executions are forked from
+    multiprocessing's fork server instead: a single-threaded process of its own that has
+    never opened the log database nor parsed XML, so a child starts with no lock held —
+    and, as before, outlives a restart of the front. What crosses over is what PyWPS
+    itself stores for a queued execution: the process id, the uuid, the request as JSON."""
+    import multiprocessing
+
+    import pywps.processing
+    import pywps.processing.basic
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["pywps", "dataminer_processes"])
+
+    class ForkServerProcessing(pywps.processing.basic.MultiProcessing):
+        def start(self) -> None:
+            job = self.job
+            context.Process(target=run_execution, daemon=False, args=(
+                str(config), job.process.identifier, str(job.process.uuid), job.wps_request.json)).start()
+
+    pywps.processing.MultiProcessing = ForkServerProcessing
+
+
+def run_execution(config: str, identifier: str, uuid: str, request_json: str) -> None:
+    """In the forked child: rebuild the execution as PyWPS launches a queued one, and run it."""
+    from pywps import Service
+    from pywps.app.WPSRequest import WPSRequest
+    from pywps.response.execute import ExecuteResponse
+
+    from dataminer_processes import processes
+
+    keep_queued_inputs_intact()
+    outlast_a_busy_log_database()
+    fork_executions_from_a_clean_process(Path(config))  # the next queued execution, launched from here
+    service = Service(processes(), [config])
+    request = WPSRequest()
+    request.restore_json(json.loads(request_json))
+    process = service.prepare_process_for_execution(identifier)
+    process._set_uuid(uuid)
+    process._setup_status_storage()
+    process.async_ = True
+    process.setup_outputs_from_wps_request(request)
+    response = ExecuteResponse(request, process=process, uuid=uuid)
+    response.store_status_file = True
+    process._run_process(request, response)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=0)
@@ -265,6 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     from pywps import Service
 
     keep_queued_inputs_intact()
+    outlast_a_busy_log_database()
+    fork_executions_from_a_clean_process(config)
 
     from dataminer_processes import processes
 
