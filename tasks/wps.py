@@ -35,7 +35,7 @@ from tasks.http import (
     is_certificate_failure,
 )
 from tasks.redaction import register_secret
-from tasks.remote import JobState
+from tasks.remote import JobState, TransientServiceError
 
 OWS = "http://www.opengis.net/ows/1.1"
 OGR = "http://ogr.maptools.org/"
@@ -378,6 +378,13 @@ def _python_value(data_type: str, text: str | None) -> Any:
     return text
 
 
+def _cut_short(body: bytes) -> bool:
+    """An empty answer, or the start of an XML document that does not parse: a status
+    document read mid-write — not an HTML page or some other service's answer."""
+    head = body.lstrip()[:200]
+    return not head or head.startswith(b"<?xml") or b"ExecuteResponse" in head
+
+
 def parse_status(xml: bytes, fallback_location: str = "") -> ExecutionStatus:
     from lxml import etree
     from owslib.wps import WPSExecution
@@ -593,7 +600,15 @@ class WPSClient:
         if response.status_code in (401, 429) or response.status_code >= 500:
             response.raise_for_status()
         self._check(response, "status")
-        return parse_status(response.content, status_location)
+        try:
+            return parse_status(response.content, status_location)
+        except WPSServiceError:
+            if _cut_short(response.content):
+                # WPS servers rewrite the status document in place (PyWPS truncates the file,
+                # then writes it): a read in between gets it empty or cut short — try again.
+                raise TransientServiceError(f"the status document at {self.public_url(status_location)} "
+                                            "was incomplete (being rewritten?)") from None
+            raise
 
     async def download(self, url: str, destination: Path, max_bytes: int, timeout: float) -> Path:
         """Stream `url` into `destination` (a file path), within a size and a time limit."""

@@ -132,6 +132,25 @@ def test_transient_5xx_during_the_wait_is_absorbed(dataminer):
     assert stats["status"] >= 4 and stats["status"] < 20
 
 
+@pytest.mark.parametrize("kept", [0.5, 0.0])
+def test_a_status_document_read_while_rewritten_is_read_again(dataminer, kept):
+    """PyWPS rewrites the status file in place: a read can get it cut short or empty (seen
+    with 50 pipelines at once, where it failed a run). The wait reads it again."""
+    job = _submit(dataminer, "SLOW_COUNTER", {"seconds": 2, "steps": 4})
+    dataminer.control("fault", kind="status", status=200, truncate=kept, count=2)
+    final = run(watch(dataminer.block().job_adapter(), [job], FAST))
+    assert final[job].state is JobState.SUCCEEDED
+    assert 4 <= dataminer.stats()["status"] < 20
+
+
+def test_a_status_answer_that_is_no_status_document_fails_at_once(dataminer):
+    job = _submit(dataminer, "SLOW_COUNTER", {"seconds": 2, "steps": 4})
+    dataminer.control("fault", kind="status", status=200, count=5)  # a 200 page saying "injected fault"
+    with pytest.raises(WPSServiceError, match="not XML"):
+        run(watch(dataminer.block().job_adapter(), [job], FAST))
+    assert dataminer.stats()["status"] == 1
+
+
 def test_revoked_token_mid_job_fails_clearly_without_a_busy_loop(dataminer):
     job = _submit(dataminer, "SLOW_COUNTER", {"seconds": 5, "steps": 5})
     adapter = dataminer.block().job_adapter()

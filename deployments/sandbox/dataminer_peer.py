@@ -12,7 +12,8 @@ The front, like DataMiner's:
 For tests: `/_peer/stats` (request counters, credentials seen by the foreign
 storage), `/_peer/revoke` and `/_peer/restore` of a token, `/_peer/fault`
 (5xx bursts or delays on the next N requests of a kind, optionally `after` letting
-some through first).
+some through first; `truncate: 0.5` serves half of a status document with 200, as a
+read lands while PyWPS rewrites the file in place).
 
 Run: `python dataminer_peer.py --port 0` prints one JSON line with its URLs.
 """
@@ -46,7 +47,8 @@ class PeerState:
     def __init__(self, tokens: set[str]):
         self.tokens = set(tokens)
         self.counters: Counter[str] = Counter()
-        self.faults: dict[str, list[Any]] = {}  # kind -> [status, delay, remaining, requests to let through first]
+        # kind -> [status, delay, remaining, requests to let through first, share of the status document kept]
+        self.faults: dict[str, list[Any]] = {}
         self.foreign_credentials: list[str] = []
         self.lock = threading.Lock()
 
@@ -54,7 +56,7 @@ class PeerState:
         with self.lock:
             self.counters[name] += 1
 
-    def take_fault(self, kind: str) -> tuple[int, float] | None:
+    def take_fault(self, kind: str) -> tuple[int, float, float | None] | None:
         with self.lock:
             fault = self.faults.get(kind)
             if not fault or fault[2] <= 0:
@@ -63,7 +65,7 @@ class PeerState:
                 fault[3] -= 1
                 return None
             fault[2] -= 1
-            return fault[0], fault[1]
+            return fault[0], fault[1], fault[4]
 
 
 def write_config(folder: Path, base_url: str, parallel: int) -> Path:
@@ -128,10 +130,12 @@ def make_front(service: Any, state: PeerState, outputs: Path, base_url: str):
                 request or environ["REQUEST_METHOD"].lower() + "-execute")
         state.count(kind)
         fault = state.take_fault(kind) or state.take_fault("any")
+        kept: float | None = None  # a status document read while PyWPS rewrites it: cut short
         if fault:
             if fault[1]:
                 time.sleep(fault[1])
-            if fault[0]:
+            kept = fault[2]
+            if fault[0] and kept is None:
                 return reply(start_response, f"{fault[0]} Injected Fault", b"injected fault")
         token = token_of(environ, query)
         if token not in state.tokens:
@@ -142,7 +146,8 @@ def make_front(service: Any, state: PeerState, outputs: Path, base_url: str):
             document = outputs / f"{job}.xml"
             if not re.fullmatch(r"[0-9a-f-]{36}", job) or not document.exists():
                 return reply(start_response, "404 Not Found", b"unknown computation id")
-            return reply(start_response, "200 OK", rewrite(document.read_bytes()), "text/xml")
+            data = rewrite(document.read_bytes())
+            return reply(start_response, "200 OK", data[:int(len(data) * kept)] if kept is not None else data, "text/xml")
         if "/outputs/" in path:
             target = (outputs / path.split("/outputs/", 1)[1]).resolve()
             if not target.is_relative_to(outputs.resolve()) or not target.is_file():
@@ -178,7 +183,8 @@ def make_front(service: Any, state: PeerState, outputs: Path, base_url: str):
                 answer = {"ok": True}
             elif action == "fault":
                 state.faults[body.get("kind", "any")] = [int(body.get("status", 503)), float(body.get("delay", 0)),
-                                                         int(body.get("count", 1)), int(body.get("after", 0))]
+                                                         int(body.get("count", 1)), int(body.get("after", 0)),
+                                                         body.get("truncate")]
                 answer = {"ok": True}
             elif action == "reset":
                 state.counters.clear()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Scale run: many concurrent flow runs and thousands of DIRAC jobs on a real stack.
 
-    python tests/scale/run_scale.py --database postgres --workers 2 --runs 50 --jobs-per-run 200
+    python tests/scale/run_scale.py --database postgres --workers 2 --runs 50 --jobs-per-run 200 --flow pipeline
     python tests/scale/run_scale.py --database sqlite --workers 1 --runs 5 --jobs-per-run 40   # what CI runs
 
 What it starts (all on 127.0.0.1, all stopped on exit, Ctrl-C included):
@@ -26,11 +26,10 @@ paged search continue their cycle). One bulk request per cycle gives 1.0; pollin
 each job separately would give the number of pending jobs.
 
 `--flow dirac-batch` (the default) runs the DIRAC flow; `--flow pipeline` the whole pipeline
-(Check-in → DataMiner work items → DIRAC → DataMiner summary → FedCloud VMs). The pipeline is
-not the default: at 4-10 concurrent runs the DataMiner peer (PyWPS, SQLite log database) now
-and then loses an execution — its forked child dies on 'database is locked' before it
-records its start, the execution stays Accepted, and the run waits for it until its deadline.
-That is the test peer's limit, not the plugin's; the DIRAC side is the same code either way.
+(Check-in → DataMiner work items → DIRAC → DataMiner summary → FedCloud VMs), which also
+loads the DataMiner peer (PyWPS): 50 concurrent pipelines first found three limits of that
+test peer, now fixed in it — forked executions hung on locks copied from its threads, died
+on 'database is locked', and queued ones got multi-line inputs still wrapped in CDATA.
 
 Not collected by pytest (not named test_*.py); `tests/test_scale.py` runs a small size
 through `run_scale()`.
@@ -82,7 +81,7 @@ class ScaleConfig:
     workers: int = 1
     runs: int = 5
     jobs_per_run: int = 40
-    flow: str = "dirac-batch"  # or "pipeline" (see the module doc: DataMiner peer at high concurrency)
+    flow: str = "dirac-batch"  # or "pipeline" (adds the DataMiner and FedCloud stages)
     pilot_duration: float = 1.0  # seconds each DIRAC job "runs"
     failure_rate: float = 0.0  # of job runs (failed ones are resubmitted by the flows)
     worker_limit: int | None = None  # flow runs at once per worker (default: runs / workers, rounded up)
