@@ -33,9 +33,11 @@ ledger is a per-process memory (so a script can still resubmit what it sent).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from uuid import UUID
@@ -45,6 +47,24 @@ logger = logging.getLogger("prefect_egi.remote")
 RECORD_PREFIX = "egi-jobs-"
 CANCEL_PREFIX = "egi-cancel-"
 INTENT_PREFIX = "egi-intent-"  # "about to submit": left behind only when the outcome is unknown
+#: tries of one ledger call when the Prefect server fails (5xx, connection lost): ~15 s in all
+LEDGER_ATTEMPTS = 5
+
+
+def _server_trouble(exc: BaseException) -> bool:
+    """A failure of the Prefect server itself, worth trying again: a 5xx (at 50 concurrent
+    flow runs its PostgreSQL connections time out and it answers 500) or a lost connection."""
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, httpx.TransportError)
+
+
+def _conflict(exc: BaseException) -> bool:
+    import httpx
+
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 409
 
 
 def submission_key(service: str, *parts: Any) -> str:
@@ -98,22 +118,48 @@ class JobLedger:
         found = await self._filter(RECORD_PREFIX + key)
         return next((Submission.from_json(item.value) for item in found if item.key == RECORD_PREFIX + key), None)
 
-    async def _filter(self, prefix: str, limit: int = 1000) -> list[Any]:
+    async def _call(self, call: Callable[[Any], Awaitable[Any]], what: str) -> Any:
+        """One call to the Prefect API, tried again while the server itself fails: losing a
+        ledger write fails the run, and a retried run must then reconcile with the services."""
         from prefect.client.orchestration import get_client
 
-        async with get_client() as client:
-            return await client.filter_flow_run_input(self.flow_run_id, prefix, limit=limit, exclude_keys=set())
+        delay = 1.0
+        for attempt in range(1, LEDGER_ATTEMPTS + 1):
+            try:
+                async with get_client() as client:
+                    return await call(client)
+            except Exception as exc:
+                if attempt == LEDGER_ATTEMPTS or not _server_trouble(exc):
+                    raise
+                logger.warning("The Prefect API failed to %s (%s); trying again in %.0f s", what,
+                               type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _create(self, key: str, value: str) -> None:
+        """Create a flow-run input — idempotently: a try whose answer was lost may have
+        stored it already (409 on the next), which is fine when it holds the same value."""
+        try:
+            await self._call(lambda client: client.create_flow_run_input(self.flow_run_id, key, value),
+                             f"record {key}")
+        except Exception as exc:
+            if not _conflict(exc):
+                raise
+            stored = await self._call(lambda client: client.read_flow_run_input(self.flow_run_id, key), f"read {key}")
+            if json.loads(stored) != json.loads(value):
+                raise
+
+    async def _filter(self, prefix: str, limit: int = 1000) -> list[Any]:
+        return await self._call(lambda client: client.filter_flow_run_input(
+            self.flow_run_id, prefix, limit=limit, exclude_keys=set()), f"read {prefix}*")
 
     async def record(self, submission: Submission) -> None:
         """Persist a submission; call it right after the service accepted the jobs."""
         if self.flow_run_id is None:
             self._memory[submission.key] = submission
             return
-        from prefect.client.orchestration import get_client
-
-        async with get_client() as client:
-            await client.create_flow_run_input(self.flow_run_id, RECORD_PREFIX + submission.key,
-                                               submission.to_json())
+        await self._create(RECORD_PREFIX + submission.key, submission.to_json())
 
     async def intend(self, key: str) -> None:
         """Write down "about to submit `key`" before a submission that cannot be repeated
@@ -122,10 +168,7 @@ class JobLedger:
         if self.flow_run_id is None:
             self._intents.add(key)
             return
-        from prefect.client.orchestration import get_client
-
-        async with get_client() as client:
-            await client.create_flow_run_input(self.flow_run_id, INTENT_PREFIX + key, json.dumps(key))
+        await self._create(INTENT_PREFIX + key, json.dumps(key))
 
     async def intended(self, key: str) -> bool:
         """Whether an earlier attempt set out to submit `key` and never learned the outcome."""
@@ -157,10 +200,7 @@ class JobLedger:
             return
         if await self.cancel_requested(key):
             return
-        from prefect.client.orchestration import get_client
-
-        async with get_client() as client:
-            await client.create_flow_run_input(self.flow_run_id, CANCEL_PREFIX + key, json.dumps(True))
+        await self._create(CANCEL_PREFIX + key, json.dumps(True))
 
     async def cancel_requested(self, key: str) -> bool:
         if self.flow_run_id is None:
