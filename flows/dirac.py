@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from flows._blocks import load_named
 from flows._sync import run
+from tasks.artifacts import publish_sync
 from tasks.dirac import DiracJob, DiracX, JobOutput, fetch_job_outputs, resubmit_jobs, submit_jobs, wait_for_jobs
 from tasks.job_ledger import cancel_remote_jobs, keep_remote_jobs_on_crash
 from tasks.redaction import redact_errors
@@ -100,5 +101,6 @@ def dirac_batch(
     """
     block = load_named(DiracX, diracx_block, "diracx_block")
     report = run(run_batch(block, job, WatchPolicy(deadline=deadline_hours * 3600), max_resubmissions, destination))
-    create_markdown_artifact(report.markdown(), key="dirac-batch", description="DIRAC batch summary")
+    publish_sync("batch summary", create_markdown_artifact, report.markdown(), key="dirac-batch",
+                 description="DIRAC batch summary")
     return report

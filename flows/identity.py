@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from flows._blocks import load_named
+from tasks.artifacts import publish_sync
 from tasks.checkin import CheckinCredentials
 from tasks.checkin.identity import Identity
 from tasks.redaction import redact_errors
@@ -74,5 +75,6 @@ def egi_identity(credentials_block: str = "egi-checkin") -> IdentityReport:
     and publish who it belongs to as a markdown artifact."""
     credentials = load_named(CheckinCredentials, credentials_block, "credentials_block")
     report = describe_identity(credentials)
-    create_markdown_artifact(report.markdown(), key="egi-identity", description="EGI Check-in identity")
+    publish_sync("identity", create_markdown_artifact, report.markdown(), key="egi-identity",
+                 description="EGI Check-in identity")
     return report

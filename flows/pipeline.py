@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 from flows._blocks import load_all
 from flows._sync import run
 from flows.dirac import DiracBatchReport, run_batch
+from tasks.artifacts import publish_sync
 from tasks.checkin import CheckinCredentials
 from tasks.dataminer import DataMiner, DataMinerResult, run_algorithm
 from tasks.dirac import DiracJob, DiracX
@@ -235,5 +236,6 @@ def egi_pipeline(
     snapshot = run(vms_stage(fedcloud, vo)) if fedcloud else None
 
     report = PipelineReport(identity=who, work_items=listed, grid=batch, summary=summarised, vms=snapshot)
-    create_markdown_artifact(report.markdown(), key="egi-pipeline", description="What the pipeline did")
+    publish_sync("pipeline report", create_markdown_artifact, report.markdown(), key="egi-pipeline",
+                 description="What the pipeline did")
     return report

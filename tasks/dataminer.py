@@ -316,6 +316,8 @@ async def _publish(result: DataMinerResult) -> None:
         return
     from prefect.artifacts import acreate_markdown_artifact
 
+    from tasks.artifacts import publish
+
     lines = [f"# DataMiner {result.process or 'execution'}: {result.state}", "",
              f"Status: <{result.status_location}>", ""]
     if result.message:
@@ -327,7 +329,7 @@ async def _publish(result: DataMinerResult) -> None:
         for f in result.files:
             saved = f"`{f.path}`" if f.path else f"not downloaded: {f.error}"
             lines.append(f"| [{f.name}]({f.url}) | {f.description} | {f.mime_type} | {f.size or ''} | {saved} |")
-    await acreate_markdown_artifact("\n".join(lines), description="DataMiner outputs")
+    await publish("DataMiner outputs", acreate_markdown_artifact, "\n".join(lines), description="DataMiner outputs")
 
 
 @task(name="dataminer-run")

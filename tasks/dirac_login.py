@@ -67,8 +67,10 @@ async def _tell_the_user(block: DiracX, code: DeviceCode) -> None:
     if in_run():
         from prefect.artifacts import acreate_link_artifact
 
-        await acreate_link_artifact(
-            key="diracx-login", link=code.verification_uri_complete,
+        from tasks.artifacts import publish
+
+        await publish(  # the link and the code are in the log line above too
+            "login link", acreate_link_artifact, key="diracx-login", link=code.verification_uri_complete,
             link_text=f"Log in to DiracX ({block.vo}) — user code {code.user_code}",
             description=f"Open the link and approve the login at your identity provider within "
                         f"{code.expires_in} s. The flow continues by itself once you have.")

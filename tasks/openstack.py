@@ -180,6 +180,9 @@ async def _publish(result: Inventory) -> None:
         return
     from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
-    await acreate_table_artifact(result.table(), key="vm-inventory", description=f"FedCloud VMs of {result.vo}")
-    await acreate_markdown_artifact(result.markdown(), key="vm-inventory-sites",
-                                    description=f"FedCloud sites asked for {result.vo}")
+    from tasks.artifacts import publish
+
+    await publish("VM table", acreate_table_artifact, result.table(), key="vm-inventory",
+                  description=f"FedCloud VMs of {result.vo}")
+    await publish("site summary", acreate_markdown_artifact, result.markdown(), key="vm-inventory-sites",
+                  description=f"FedCloud sites asked for {result.vo}")

@@ -416,8 +416,10 @@ class PrefectReporter(WatchReporter):
         if in_run():
             from prefect.artifacts import acreate_progress_artifact
 
-            self._artifact_id = await acreate_progress_artifact(
-                progress=overall_progress(statuses), description=f"{self.title}: progress")
+            from tasks.artifacts import publish
+
+            self._artifact_id = await publish("progress", acreate_progress_artifact,
+                                              progress=overall_progress(statuses), description=f"{self.title}: progress")
             self._last_update = self.clock()
 
     async def transition(self, old: JobStatus | None, new: JobStatus) -> None:
@@ -447,8 +449,11 @@ class PrefectReporter(WatchReporter):
             return
         from prefect.artifacts import aupdate_progress_artifact
 
+        from tasks.artifacts import publish
+
         counts = ", ".join(f"{n} {s}" for s, n in summarise(statuses.values()).items())
-        await aupdate_progress_artifact(self._artifact_id, progress=value, description=f"{self.title}: {counts}")
+        await publish("progress", aupdate_progress_artifact, self._artifact_id, progress=value,
+                      description=f"{self.title}: {counts}")
         self._last_update, self._last_value = now, value
 
     async def finished(self, statuses: Mapping[str, JobStatus]) -> None:
@@ -457,13 +462,15 @@ class PrefectReporter(WatchReporter):
             return
         from prefect.artifacts import acreate_table_artifact
 
+        from tasks.artifacts import publish
+
         rows = [
             {"job": self.adapter.job_label(s.job_id), "state": s.state.value,
              "progress": "" if s.progress is None else s.progress, "message": s.message[:300],
              "link": self.adapter.job_link(s.job_id) or ""}
             for s in statuses.values()
         ]
-        await acreate_table_artifact(rows, description=f"{self.title}: final states")
+        await publish("final states", acreate_table_artifact, rows, description=f"{self.title}: final states")
 
 
 def in_run() -> bool:

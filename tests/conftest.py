@@ -144,6 +144,19 @@ def prefect_db():
             _sweep_for_secrets(db)
 
 
+@pytest.fixture
+def prefect_api_proxy(prefect_db):
+    """The fault proxy (`deployments/sandbox/fault_proxy.py`) between this process and the
+    real Prefect API: PREFECT_API_URL points through it for the test."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.sandbox.fault_proxy import FaultProxy
+
+    origin, _, path = PREFECT_API_URL.value().partition("/api")
+    with FaultProxy(origin) as proxy, temporary_settings({PREFECT_API_URL: f"{proxy.url}/api{path}"}):
+        yield proxy
+
+
 def database_bytes(db: Path) -> bytes:
     """The SQLite database with its WAL: everything Prefect stored."""
     return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))

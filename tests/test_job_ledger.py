@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from deployments.sandbox.fault_proxy import FaultProxy
+from deployments.sandbox.fault_proxy import FaultProxy  # noqa: F401 (type of the proxy)
 from tasks import job_ledger
 from tasks.job_ledger import JobLedger, Submission
 
@@ -17,11 +17,10 @@ pytestmark = pytest.mark.prefect
 
 
 @pytest.fixture
-def ledger_through_proxy(prefect_db, monkeypatch):
-    """A ledger for a fresh flow run whose API calls go through a fault proxy."""
+def ledger_through_proxy(prefect_api_proxy, monkeypatch):
+    """A ledger for a fresh flow run whose API calls go through the fault proxy."""
     from prefect import flow
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     @flow
     def nothing() -> None:
@@ -31,12 +30,8 @@ def ledger_through_proxy(prefect_db, monkeypatch):
         async with get_client() as client:
             return await client.create_flow_run(nothing)
 
-    run = asyncio.run(new_run())
-    api = PREFECT_API_URL.value()
-    origin, _, path = api.partition("/api")
     monkeypatch.setattr(job_ledger, "LEDGER_ATTEMPTS", 4)
-    with FaultProxy(origin) as proxy, temporary_settings({PREFECT_API_URL: f"{proxy.url}/api{path}"}):
-        yield JobLedger(run.id), proxy, api
+    return JobLedger(asyncio.run(new_run()).id), prefect_api_proxy, None
 
 
 def _submission(key: str = "dirac-abc") -> Submission:
