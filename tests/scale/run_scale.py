@@ -466,13 +466,20 @@ def diracx_jobs(url: str, credentials: str) -> list[dict]:
     from diracx.client.aio import AsyncDiracClient
     from diracx.core.preferences import DiracxPreferences
 
+    from azure.core.exceptions import HttpResponseError
+
     async def everything() -> list[dict]:
         rows: list[dict] = []
         async with AsyncDiracClient(diracx_preferences=DiracxPreferences(url=url, credentials_path=credentials)) as api:
             page = 1
             while True:
-                found = await api.jobs.search(parameters=["JobID", "JobName", "Status"], search=[], page=page,
-                                              per_page=10_000)
+                try:
+                    found = await api.jobs.search(parameters=["JobID", "JobName", "Status"], search=[], page=page,
+                                                  per_page=10_000)
+                except HttpResponseError as error:
+                    if error.status_code == 416:  # a page past the last (exactly 10,000 jobs): no more rows
+                        return rows
+                    raise
                 rows += found
                 if len(found) < 10_000:
                     return rows
