@@ -11,6 +11,7 @@ crash leaves it running, and `prefect flow-run retry <id>` resumes watching it.
 """
 
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 from prefect import flow
@@ -19,6 +20,7 @@ from pydantic import Field
 from flows._blocks import load_named
 from flows._sync import run
 from tasks.dataminer import (
+    DATAMINER_WAIT,
     DataMiner,
     DataMinerExecutionFailed,
     DataMinerResult,
@@ -28,7 +30,7 @@ from tasks.dataminer import (
 )
 from tasks.job_ledger import cancel_remote_jobs, keep_remote_jobs_on_crash
 from tasks.redaction import redact_errors
-from tasks.remote import JobState, WatchPolicy
+from tasks.remote import JobState
 
 
 @flow(
@@ -57,7 +59,7 @@ def dataminer_run(
     """
     block = load_named(DataMiner, dataminer_block, "dataminer_block")
     job_id = run(execute_process(block, process, inputs))
-    policy = WatchPolicy(deadline=deadline_hours * 3600)
+    policy = replace(DATAMINER_WAIT, deadline=deadline_hours * 3600)
     final = run(wait_for_executions(block, [job_id], policy))[job_id]
     if final.state is not JobState.SUCCEEDED:
         raise DataMinerExecutionFailed(process, final.message, job_id)

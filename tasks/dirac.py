@@ -330,14 +330,21 @@ class DiracAdapter(RemoteJobAdapter):
         per_page = max(1, min(len(ids), MAX_PER_PAGE))
 
         async def search(api: Any) -> dict[str, dict[str, Any]]:
+            from azure.core.exceptions import HttpResponseError
+
             rows: dict[str, dict[str, Any]] = {}
             page = 1
             while True:
                 self.searches += 1
-                found = await api.jobs.search(
-                    parameters=["JobID", "Status", "MinorStatus", "ApplicationStatus", "Site"],
-                    search=[{"parameter": "JobID", "operator": "in", "values": ids}],
-                    page=page, per_page=per_page)
+                try:
+                    found = await api.jobs.search(
+                        parameters=["JobID", "Status", "MinorStatus", "ApplicationStatus", "Site"],
+                        search=[{"parameter": "JobID", "operator": "in", "values": ids}],
+                        page=page, per_page=per_page)
+                except HttpResponseError as error:
+                    if error.status_code == 416 and page > 1:  # past the last page: the rows are all in
+                        return rows
+                    raise
                 rows.update({str(r["JobID"]): r for r in found})
                 if len(found) < per_page or len(rows) >= len(ids):
                     return rows

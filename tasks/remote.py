@@ -136,7 +136,14 @@ class RemoteJobAdapter(ABC):
 @dataclass(frozen=True)
 class WatchPolicy:
     """How to wait: polls 1, 2, 4 … 10 s apart (sooner where progress says so);
-    errors back off 1, 2, 4 … 60 s, at most 10 in a row; a week at most."""
+    errors back off 1, 2, 4 … 60 s, at most 10 in a row; a week at most.
+
+    `request_budget` (seconds, off by default) caps the status requests per job at
+    what a fixed loop would spend that looks at once and then every
+    `request_budget` seconds (owslib's `monitorExecution(sleepSecs=…)`): the
+    pacer never sends more, it only places them better. A service whose peers
+    expect that loop's load (WPS) sets it; bulk polling (DIRAC) needs no cap.
+    """
 
     first_interval: float = 1.0
     backoff_factor: float = 2.0
@@ -147,6 +154,7 @@ class WatchPolicy:
     max_consecutive_errors: int = 10
     max_credential_renewals: int = 3
     progress_every: float = 2.0
+    request_budget: float | None = None
 
     def __post_init__(self) -> None:
         if self.first_interval <= 0 or self.max_interval < self.first_interval:
@@ -155,6 +163,8 @@ class WatchPolicy:
             raise ValueError("WatchPolicy: backoff_factor must be >= 1")
         if self.deadline is not None and self.deadline <= 0:
             raise ValueError("WatchPolicy: deadline must be positive (seconds) or None")
+        if self.request_budget is not None and self.request_budget <= 0:
+            raise ValueError("WatchPolicy: request_budget must be positive (seconds) or None")
 
 
 class Pacer:
@@ -173,6 +183,14 @@ class Pacer:
     window, which either finds the job finished or narrows it again. A job whose
     progress contradicts the model (resumed watches, bursty algorithms) falls
     back to plain backoff.
+
+    Under a `request_budget` of P seconds, a fixed loop looks at 0, P, 2P … and
+    so spends 1 + ⌈T/P⌉ requests on a job that ends at T. The n-th look at time t
+    may be followed by one more (the one that sees the end), so it fits if
+    n ≤ ⌊t/P⌋ + 1: a probe that comes earlier is moved to that time — or, if
+    that is past the window, replaced by the poll at the window's end. Only
+    progress that runs ahead of the truth can make that last poll miss the end,
+    and so cost one look more.
     """
 
     #: where inside an unresolved window to probe (0 = its start, 1 = its end)
@@ -184,6 +202,7 @@ class Pacer:
         self.policy = policy
         self.started = now
         self.backoff = policy.first_interval
+        self.looks = 1  # status polls answered so far (the first one precedes the first question)
         # per job: progress value → (first time seen, last time seen)
         self.sightings: dict[str, dict[float, tuple[float, float]]] = {}
 
@@ -195,15 +214,23 @@ class Pacer:
             self._sight(status, now)
         state_changed = any(new.state != old.state and old.state is not JobState.SUBMITTED
                             for old, new in changes)
-        waits = [w for w in (self._wait_for(job_id, now) for job_id in pending) if w is not None]
-        if waits:
+        affordable = self._affordable_from()
+        plans = [at for at in (self._plan(job_id, now, affordable) for job_id in pending) if at is not None]
+        self.looks += 1  # the poll this interval leads to
+        if plans:
             self.backoff = policy.first_interval  # once a window has passed, poll fast
-            return min(max(min(waits), 0.05), policy.max_interval)
+            # the cap may bring a look forward, but not before the budget affords it
+            return min(max(min(plans) - now, 0.05), max(policy.max_interval, affordable - now))
         if state_changed:
             self.backoff = policy.first_interval
         interval = self.backoff
         self.backoff = min(self.backoff * policy.backoff_factor, policy.max_interval)
-        return interval
+        return max(interval, affordable - now)
+
+    def _affordable_from(self) -> float:
+        """The earliest time the next poll fits the request budget even if it is not the last."""
+        budget = self.policy.request_budget
+        return float("-inf") if budget is None else self.started + budget * self.looks
 
     def _sight(self, status: JobStatus, now: float) -> None:
         if status.state is not JobState.RUNNING or status.progress is None:
@@ -229,14 +256,18 @@ class Pacer:
             return None
         return self.started + earliest, self.started + latest
 
-    def _wait_for(self, job_id: str, now: float) -> float | None:
+    def _plan(self, job_id: str, now: float, affordable: float) -> float | None:
+        """When to look at this job next, or None if its progress gives no window."""
         window = self.end_window(job_id)
         if window is None or window[1] <= now:
             return None
         earliest, latest = max(window[0], now), window[1]
+        at_end = latest + 0.02  # land just after it
         tolerance = max(self.ABSOLUTE_TOLERANCE, self.RELATIVE_TOLERANCE * (earliest - self.started))
-        target = latest if latest - earliest <= tolerance else earliest + self.PROBE * (latest - earliest)
-        return target - now + 0.02  # land just after it
+        if latest - earliest <= tolerance:
+            return at_end
+        probe = max(earliest + self.PROBE * (latest - earliest), affordable)
+        return probe if probe < latest else at_end
 
 
 class WatchReporter:

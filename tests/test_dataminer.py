@@ -122,6 +122,25 @@ def _submit(dataminer, process, inputs):
     return run(submit_execution(dataminer.block(), process, inputs))
 
 
+@pytest.mark.parametrize(("seconds", "steps"), [(2, 5), (7, 4), (12, 10)])
+def test_the_default_wait_never_sends_more_status_requests_than_owslib(dataminer, seconds, steps):
+    """owslib's monitorExecution(sleepSecs=5) looks at once and then every 5 s: 1 + ⌈T/5⌉
+    status requests for an execution that ends T s after the wait began. Ours spends
+    at most that, wherever the progress puts them (latency: the benchmark measures it)."""
+    import math
+    import time
+
+    from tasks.dataminer import DATAMINER_WAIT
+
+    job = _submit(dataminer, "SLOW_COUNTER", {"seconds": seconds, "steps": steps})
+    began = time.time()
+    final = run(watch(dataminer.block().job_adapter(), [job], DATAMINER_WAIT))
+    assert final[job].state is JobState.SUCCEEDED
+    uuid = job.rsplit("id=", 1)[1]
+    ended = (Path(dataminer.process.info["workdir"]) / "outputs" / f"{uuid}.xml").stat().st_mtime
+    assert dataminer.stats()[f"status:{uuid}"] <= 1 + math.ceil((ended - began) / 5)
+
+
 def test_transient_5xx_during_the_wait_is_absorbed(dataminer):
     job = _submit(dataminer, "SLOW_COUNTER", {"seconds": 2, "steps": 4})
     dataminer.control("fault", kind="status", status=503, count=3)

@@ -77,6 +77,24 @@ def test_pages_are_walked_beyond_the_page_size(diracx):
     assert len(rows) == 25 and adapter.searches == 3
 
 
+def test_a_full_last_page_ends_the_walk(diracx):
+    """Jobs the server no longer has (DIRAC cleans old ones) leave the last page full;
+    the page after it is answered 416 Requested Range Not Satisfiable: the walk ends."""
+    block = diracx.block()
+    ids = run(submit(block, [DiracJob(executable="echo", parameters=list(range(20)))]))
+    gone = [max(ids) + 1_000_000 + i for i in range(5)]
+    adapter = block.job_adapter()
+    import tasks.dirac as dirac
+
+    original = dirac.MAX_PER_PAGE
+    dirac.MAX_PER_PAGE = 10
+    try:
+        rows = run(adapter.statuses([*ids, *gone]))
+    finally:
+        dirac.MAX_PER_PAGE = original
+    assert sorted(int(j) for j in rows) == sorted(ids) and adapter.searches == 3
+
+
 def test_kill_is_verified_on_the_server(diracx):
     block = diracx.block()
     ids = run(submit(block, [DiracJob(executable="sleep", arguments="600", parameters=[1, 2])]))

@@ -4,6 +4,7 @@ HTTP behaviour is tested against the real peers in the service tests)."""
 from __future__ import annotations
 
 import asyncio
+import math
 
 import httpx
 import pytest
@@ -117,6 +118,69 @@ def test_progress_is_extrapolated_to_poll_near_the_end(duration):
         assert time.now - duration <= 0.5 and adapter.polls <= 5
 
 
+class Delayed(RemoteJobAdapter):
+    """A job that starts `delay` s after the watch, runs `duration` s and reports
+    progress in `steps` equal steps (None: no progress at all); with `rush` > 1 the
+    progress runs that much ahead and then sits on its last step (a lying job)."""
+
+    service = "delayed"
+
+    def __init__(self, time: "VirtualTime", duration: float, delay: float, steps: int | None, rush: float = 1.0):
+        self.time, self.duration, self.delay, self.steps, self.rush, self.polls = time, duration, delay, steps, rush, 0
+
+    @property
+    def end(self) -> float:
+        return self.delay + self.duration
+
+    async def poll(self, job_ids):
+        self.polls += 1
+        t = self.time.now
+        if t >= self.end:
+            return {j: JobStatus(j, JobState.SUCCEEDED, 100) for j in job_ids}
+        done = self.rush * max(0.0, t - self.delay) / self.duration
+        progress = None if self.steps is None else 100 * min(self.steps - 1, int(done * self.steps)) // self.steps
+        return {j: JobStatus(j, JobState.RUNNING, progress) for j in job_ids}
+
+    async def cancel(self, job_ids):
+        return {}
+
+
+def fixed_loop_requests(end: float, every: float) -> int:
+    """owslib's monitorExecution(sleepSecs=every): a look at once, then one every `every` s."""
+    return 1 + math.ceil(end / every)
+
+
+@pytest.mark.parametrize("steps", [None, 4, 5, 20, 100])
+def test_a_request_budget_never_sends_more_than_the_fixed_loop(steps):
+    """Over job lengths from 1.5 to 100 s and start delays up to 1 s, with or without
+    progress: never a request more than owslib's 5 s loop would send. Progress that
+    runs ahead of the truth can cost one: the look at the end of a window the job
+    did not end in."""
+    cases = [(duration, delay, rush, policy)
+             for duration in [1.5 * 1.13 ** i for i in range(35)]
+             for delay, rush in ((0.0, 1.0), (0.3, 1.0), (1.0, 1.0), (0.1, 2.0), (0.1, 5.0))
+             for policy in (WatchPolicy(first_interval=2.0, request_budget=5.0),  # DataMiner's
+                            WatchPolicy(first_interval=0.5, max_interval=1.0, request_budget=5.0))]
+    for duration, delay, rush, policy in cases:
+        time = VirtualTime()
+        adapter = Delayed(time, duration, delay, steps, rush)
+        asyncio.run(watch(adapter, ["a"], policy, sleep=time.sleep, clock=time.clock))
+        lies = rush > 1
+        assert adapter.polls <= fixed_loop_requests(adapter.end, 5.0) + lies, (duration, delay, rush, policy)
+        assert time.now >= adapter.end
+
+
+@pytest.mark.parametrize(("duration", "polls", "late"), [(2.0, 2, 0.5), (30.0, 8, 3.0), (120.0, 25, 12.0)])
+def test_within_the_budget_progress_still_places_the_look_near_the_end(duration, polls, late):
+    """2 s in 20 % steps: seen within 0.5 s in 2 requests (owslib: 2, 2.9 s late)."""
+    time = VirtualTime()
+    adapter = Delayed(time, duration, 0.1, 5)
+    asyncio.run(watch(adapter, ["a"], WatchPolicy(first_interval=2.0, request_budget=5.0),
+                      sleep=time.sleep, clock=time.clock))
+    assert time.now - adapter.end <= late
+    assert adapter.polls <= min(polls, fixed_loop_requests(adapter.end, 5.0))
+
+
 def test_progress_that_stalls_falls_back_to_backoff_instead_of_a_busy_loop():
     """Stuck at 80 % for ten minutes: the end window passes, then polls back off to the cap."""
     time = VirtualTime()
@@ -198,3 +262,5 @@ def test_policy_rejects_nonsense():
         WatchPolicy(first_interval=0)
     with pytest.raises(ValueError, match="deadline"):
         WatchPolicy(deadline=-1)
+    with pytest.raises(ValueError, match="request_budget"):
+        WatchPolicy(request_budget=0)

@@ -9,11 +9,12 @@ The front, like DataMiner's:
   area, and a second "foreign" storage on another port that records every
   credential it receives (a token must never reach it).
 
-For tests: `/_peer/stats` (request counters, credentials seen by the foreign
-storage), `/_peer/revoke` and `/_peer/restore` of a token, `/_peer/fault`
-(5xx bursts or delays on the next N requests of a kind, optionally `after` letting
-some through first; `truncate: 0.5` serves half of a status document with 200, as a
-read lands while PyWPS rewrites the file in place).
+For tests: `/_peer/stats` (request counters, status reads per execution as
+`status:<id>`, credentials seen by the foreign storage), `/_peer/revoke` and
+`/_peer/restore` of a token, `/_peer/fault` (5xx bursts or delays on the next N
+requests of a kind, optionally `after` letting some through first; `truncate: 0.5`
+serves half of a status document with 200, as a read lands while PyWPS rewrites
+the file in place).
 
 Run: `python dataminer_peer.py --port 0` prints one JSON line with its URLs.
 """
@@ -129,6 +130,8 @@ def make_front(service: Any, state: PeerState, outputs: Path, base_url: str):
                 "output" if "/outputs/" in path else
                 request or environ["REQUEST_METHOD"].lower() + "-execute")
         state.count(kind)
+        if kind == "status":  # per execution too, for benchmarks that wait on many at once
+            state.count("status:" + (query.get("id") or [""])[0])
         fault = state.take_fault(kind) or state.take_fault("any")
         kept: float | None = None  # a status document read while PyWPS rewrites it: cut short
         if fault:

@@ -6,7 +6,9 @@ Runs, one after the other, each as its own process writing its numbers with
 `--json` (its own table is printed as it goes; its log goes to a file):
 
 - `bench_dataminer.py`  WPS waits vs owslib `monitorExecution(sleepSecs=5)`:
-  2, 10 and 30 s jobs (the issue's), one run each; then the token revoked mid-job;
+  2, 10 and 30 s jobs (the issue's), one run each; 24 jobs of mixed lengths
+  (1.5–60 s) waited for concurrently, the medians the targets speak of; then the
+  token revoked mid-job;
 - `sim_pacing.py`       the same wait loop over 2,000 simulated WPS jobs vs owslib's
   5 s loop (requests and latency by job length; seconds, no peer);
 - `bench_dirac.py`      DIRAC submission of 1,000 jobs vs a raw chunked
@@ -152,15 +154,31 @@ class Table:
         return "\n".join(lines)
 
 
+def wps_group_rows(table: Table, what: str, groups: dict) -> None:
+    """The issue's WPS targets, over a population of jobs: median latency up to 10 s
+    (≤ 0.5 s) and beyond (≤ 10 % of the runtime); never more requests than owslib."""
+    for name, g in groups.items():
+        if name == "up to 10 s":
+            table.add(f"{what} up to 10 s ({g['jobs']:,}): median detection latency (s) vs owslib",
+                      g["ours_median_latency_s"], g["owslib_median_latency_s"], "≤ 0.5 s",
+                      g["ours_median_latency_s"] <= 0.5, unit="s")
+        else:
+            table.add(f"{what} beyond 10 s ({g['jobs']:,}): median detection latency, share of the runtime vs owslib",
+                      g["ours_median_share"], g["owslib_median_share"], "≤ 10 % (0.10)", g["ours_median_share"] <= 0.1)
+        table.add(f"{what} {name}: status requests in total vs owslib", g["ours_requests"], g["owslib_requests"],
+                  f"≤ owslib (ours ≤ owslib for {g['requests_ok']:.0%} of the jobs)",
+                  g["ours_requests"] <= g["owslib_requests"])
+
+
 def dataminer_rows(table: Table, data: dict) -> None:
     for job in data["jobs"]:
         d = job["seconds"]
-        limit = 0.5 if d <= 10 else 0.1 * d
-        target = "≤ 0.5 s" if d <= 10 else f"≤ {limit:.1f} s (10 % of the run)"
-        table.add(f"WPS detection latency, {d:g} s job (s) vs owslib", job["ours_latency_s"], job["owslib_latency_s"],
-                  target, job["ours_latency_s"] <= limit, unit="s")
-        table.add(f"WPS status requests, {d:g} s job vs owslib", job["ours_requests"], job["owslib_requests"],
+        table.add(f"WPS detection latency, one {d:g} s job (s) vs owslib", job["ours_latency_s"],
+                  job["owslib_latency_s"], "reported (one draw; the targets: the mixed jobs below)", None, unit="s")
+        table.add(f"WPS status requests, one {d:g} s job vs owslib", job["ours_requests"], job["owslib_requests"],
                   "≤ owslib", job["ours_requests"] <= job["owslib_requests"])
+    if "population" in data:
+        wps_group_rows(table, "WPS, real jobs of mixed lengths", data["population"]["groups"])
     revoked = data["revoked"]
     ours, theirs, step = revoked["ours"], revoked["owslib"], revoked["error_backoff_s"]
     # one request per backoff step: the first request, then at most one per `step` seconds
@@ -171,23 +189,19 @@ def dataminer_rows(table: Table, data: dict) -> None:
                        f"then {ours['outcome']}; owslib sent {theirs['requests']} in {theirs['seconds']:.1f} s "
                        f"({theirs['outcome']}).")
     table.notes.append(f"WPS: {how_many(data['repeat'])} per job length; latency = when the waiter "
-                       "noticed the end − when the server wrote the final status document.")
+                       "noticed the end − when the server wrote the final status document. One job of a length is "
+                       "one draw (where its end falls between two polls), so the targets are judged on the mixed "
+                       "jobs: lengths log-uniform over 1.5–60 s, 4–20 progress steps, started 0–5 s apart, "
+                       "waited for concurrently by ours, then the same list by owslib"
+                       + (f" (seed {data['population']['seed']})." if "population" in data else "."))
 
 
 def pacing_rows(table: Table, data: dict) -> None:
-    for band in data["bands"]:
-        if band["band"] not in ("0–3 s", "3–10 s", "all"):  # the other bands: printed by the script (pacing.out)
-            continue
-        what = "every job" if band["band"] == "all" else f"{band['band']} jobs"
-        table.add(f"WPS pacing, {data['jobs']:,} simulated jobs — {what}: status requests vs owslib (in total)",
-                  band["requests_ratio"], 1.0, f"reported (≤ owslib in {band['requests_ok']:.0%} of the jobs)", None)
-        table.add(f"WPS pacing, {data['jobs']:,} simulated jobs — {what}: median detection latency (s) vs owslib",
-                  band["ours_median_latency_s"], band["owslib_median_latency_s"],
-                  f"reported (within the target in {band['latency_ok']:.0%})", None, unit="s")
+    wps_group_rows(table, "WPS pacing, simulated jobs", data["groups"])
     table.notes.append(f"WPS pacing: `sim_pacing.py` runs the engine's real wait loop on a virtual clock against "
                        f"{data['jobs']:,} model jobs (1.5–300 s, log-uniform; 4–100 progress steps; started 0–0.3 s "
-                       "after Execute) and owslib's 5 s loop against the same jobs: the per-length picture behind "
-                       "the three real jobs above (every length band: `python tests/benchmarks/sim_pacing.py`).")
+                       "after Execute) and owslib's 5 s loop against the same jobs: the same targets over many more "
+                       "jobs than the real run can afford (every length band: `python tests/benchmarks/sim_pacing.py`).")
 
 
 def dirac_rows(table: Table, data: dict) -> None:
