@@ -254,7 +254,8 @@ def overhead_rows(table: Table, data: dict) -> None:
             table.add(f"import time: {what} (s) vs {label}", ours, medians[key],
                       f"Δ ≤ +0.2 s (Δ = {delta:+.2f} s)", delta <= 0.2, unit="s")
         table.notes.append(f"Import time: medians of {data['imports']['rounds']} fresh interpreters per variant, "
-                           f"interleaved; a bare interpreter takes {medians['bare interpreter']:.2f} s (diracx-client's "
+                           f"interleaved, bytecode cached as after any install; a bare interpreter takes "
+                           f"{medians['bare interpreter']:.2f} s (diracx-client's "
                            "`.pth` imports diracx at every start, on both sides). The minimal plugin does "
                            "`from prefect import task, flow` and defines one Block subclass and one task.")
     if "pipeline" in data:
