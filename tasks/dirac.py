@@ -306,9 +306,16 @@ class DiracAdapter(RemoteJobAdapter):
 
     service = "dirac"
 
+    #: a job absent from this many searches in a row is reported Failed ("Missing"),
+    #: so it is resubmitted instead of waited for until the deadline: DiracX commits a
+    #: submission after answering it, so ids can come back for jobs a failed commit
+    #: never kept. One absence is tolerated: a search can overtake that commit.
+    MISSING_AFTER = 3
+
     def __init__(self, block: DiracX):
         self.block = block
         self.searches = 0  # round trips, for tests and benchmarks
+        self.absent: dict[str, int] = {}  # job id → searches in a row that did not find it
 
     async def call(self, action: Any) -> Any:
         """Run `action(api)` with a fresh client; service errors in the engine's vocabulary."""
@@ -354,7 +361,17 @@ class DiracAdapter(RemoteJobAdapter):
 
     async def poll(self, job_ids: Sequence[str]) -> Mapping[str, JobStatus]:
         rows = await self.statuses(job_ids)
-        return {job: self._status(job, row) for job, row in rows.items()}
+        answer = {job: self._status(job, row) for job, row in rows.items()}
+        for job in map(str, job_ids):
+            if job in rows:
+                self.absent.pop(job, None)
+                continue
+            self.absent[job] = self.absent.get(job, 0) + 1
+            if self.absent[job] >= self.MISSING_AFTER:
+                answer[job] = JobStatus(job, JobState.FAILED, None,
+                                        f"Missing: the DiracX server has no job {job} (its submission was not kept, "
+                                        "or the job was removed)", {"status": "Missing", "minor_status": "not on the server"})
+        return answer
 
     @staticmethod
     def _status(job: str, row: Mapping[str, Any]) -> JobStatus:

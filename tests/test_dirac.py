@@ -95,6 +95,20 @@ def test_a_full_last_page_ends_the_walk(diracx):
     assert sorted(int(j) for j in rows) == sorted(ids) and adapter.searches == 3
 
 
+def test_a_job_the_server_does_not_have_is_reported_not_waited_for(diracx):
+    """An id the server does not know (a submission it did not keep) ends Failed as
+    "Missing" after a few polls — then it can be resubmitted — instead of waiting a week."""
+    block = diracx.block()
+    ids = run(submit(block, [DiracJob(executable="echo", parameters=[1])]))
+    diracx.pilot.run_in_background(ids, start_after=0.2, duration=0.5)
+    ghost = str(max(ids) + 1_000_000)
+    adapter = block.job_adapter()
+    final = run(watch(adapter, [str(ids[0]), ghost], FAST))
+    assert final[str(ids[0])].state is JobState.SUCCEEDED
+    assert final[ghost].state is JobState.FAILED and final[ghost].message.startswith("Missing: ")
+    assert adapter.searches >= adapter.MISSING_AFTER
+
+
 def test_kill_is_verified_on_the_server(diracx):
     block = diracx.block()
     ids = run(submit(block, [DiracJob(executable="sleep", arguments="600", parameters=[1, 2])]))
