@@ -309,7 +309,7 @@ class DiracAdapter(RemoteJobAdapter):
     #: a job absent from this many searches in a row is reported Failed ("Missing"),
     #: so it is resubmitted instead of waited for until the deadline: DiracX commits a
     #: submission after answering it, so ids can come back for jobs a failed commit
-    #: never kept. One absence is tolerated: a search can overtake that commit.
+    #: never kept. Two absences are tolerated: a search can overtake that commit.
     MISSING_AFTER = 3
 
     def __init__(self, block: DiracX):
