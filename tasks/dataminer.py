@@ -55,11 +55,11 @@ from tasks.wps import (
 DEFAULT_DATAMINER_URL = "https://dataminer-prototypes.d4science.org/wps/WebProcessingService"
 DATAMINER_PREFIX = "org.gcube.dataanalysis.wps.statisticalmanager.synchserver.mappedclasses.transducerers."
 
-#: How executions are waited for unless a policy is given: never more status
-#: requests than owslib's `monitorExecution(sleepSecs=5)` would send, placed where
-#: the reported progress says the end is. The first look comes at 2 s: it either
-#: sees a short job done or sees enough progress to place the others
-#: (`tests/benchmarks/sim_pacing.py` measures the choice over 2,000 model jobs).
+#: How executions are waited for unless a policy is given (the adapter's default):
+#: never more status requests than owslib's `monitorExecution(sleepSecs=5)` would
+#: send, placed where the reported progress says the end is. The first look comes
+#: at 2 s: it either sees a short job done or sees enough progress to place the
+#: others (`tests/benchmarks/sim_pacing.py` measures the choice over 2,000 model jobs).
 DATAMINER_WAIT = WatchPolicy(first_interval=2.0, request_budget=5.0)
 
 
@@ -114,6 +114,7 @@ class DataMinerAdapter(RemoteJobAdapter):
     """WPS executions for the engine. Job id = the public status location URL."""
 
     service = "dataminer"
+    default_policy = DATAMINER_WAIT
 
     def __init__(self, client: WPSClient, concurrency: int = 8):
         self.client = client
@@ -259,7 +260,7 @@ async def wait_for_executions(dataminer: DataMiner | str | None, job_ids: Sequen
     """Wait for executions with the shared engine (progress artifact, events, table)."""
     adapter = _dataminer(dataminer).job_adapter()
     try:
-        return await watch(adapter, job_ids, policy or DATAMINER_WAIT, PrefectReporter(adapter, "DataMiner executions"))
+        return await watch(adapter, job_ids, policy, PrefectReporter(adapter, "DataMiner executions"))
     finally:
         await adapter.client.aclose()
 
@@ -349,7 +350,7 @@ async def run_algorithm(dataminer: DataMiner | str | None, process: str, inputs:
     job_id = await submit_execution(block, process, inputs)
     adapter = block.job_adapter()
     try:
-        statuses = await watch(adapter, [job_id], policy or DATAMINER_WAIT,
+        statuses = await watch(adapter, [job_id], policy,
                                PrefectReporter(adapter, f"DataMiner {short_name(process_id(process))}"))
     finally:
         await adapter.client.aclose()

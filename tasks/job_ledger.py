@@ -53,12 +53,11 @@ LEDGER_ATTEMPTS = 5
 
 def _server_trouble(exc: BaseException) -> bool:
     """A failure of the Prefect server itself, worth trying again: a 5xx (at 50 concurrent
-    flow runs its PostgreSQL connections time out and it answers 500) or a lost connection."""
-    import httpx
+    flow runs its PostgreSQL connections time out and it answers 500) or a lost connection —
+    what the engine calls transient for any service."""
+    from tasks.remote import TransientServiceError, classify
 
-    if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code >= 500
-    return isinstance(exc, httpx.TransportError)
+    return classify(exc) is TransientServiceError
 
 
 def _conflict(exc: BaseException) -> bool:

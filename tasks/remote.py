@@ -111,6 +111,8 @@ class RemoteJobAdapter(ABC):
 
     #: short service name used in events (`egi.<service>.job.<state>`) and logs
     service: ClassVar[str]
+    #: how `watch` paces this service when the caller gives no policy (None: `WatchPolicy()`)
+    default_policy: ClassVar["WatchPolicy | None"] = None
 
     @abstractmethod
     async def poll(self, job_ids: Sequence[str]) -> Mapping[str, JobStatus]:
@@ -351,7 +353,7 @@ async def watch(
     Raises `WatchDeadlineExceeded` or `WatchGaveUp` (with the last statuses) —
     the remote jobs are NOT cancelled by that; the caller decides.
     """
-    policy = policy or WatchPolicy()
+    policy = policy or adapter.default_policy or WatchPolicy()
     reporter = reporter or WatchReporter(adapter)
     ids = list(dict.fromkeys(str(i) for i in job_ids))
     statuses: dict[str, JobStatus] = {i: JobStatus(i, JobState.SUBMITTED) for i in ids}
