@@ -50,10 +50,10 @@ def _credentials(token: str | None, token_file: list[str] | None, issuer: str, c
     """Build the CheckinCredentials the command uses (margin 0: we check, not refresh early)."""
     import os
 
-    from tasks.checkin import CheckinCredentials
+    from prefect_egi.tasks import CheckinCredentials
 
     if block:
-        credentials = CheckinCredentials.load(block, _sync=True)  # type: ignore[call-arg]
+        credentials = CheckinCredentials.load(block)
         credentials.margin_seconds = 0
         return credentials
     if token == "-":
@@ -74,7 +74,7 @@ def _credentials(token: str | None, token_file: list[str] | None, issuer: str, c
 
 def _resolve(credentials):
     """The token, or an exit with the documented code and a readable reason."""
-    from tasks.checkin import CheckinError, MalformedTokenError, NoTokenError, TokenExpiredError
+    from prefect_egi.tasks import CheckinError, MalformedTokenError, NoTokenError, TokenExpiredError
 
     try:
         return credentials.get_token()
@@ -108,7 +108,7 @@ def token_check(
 
     Example:  egi-flows token check --token -   (then paste, Enter, Ctrl-D)
     """
-    from tasks.checkin.identity import identify
+    from prefect_egi.tasks.checkin.identity import identify
 
     me = identify(_resolve(_credentials(token, token_file, issuer, client_id, block)), ask_issuer=False)
     left = me.seconds_left()
@@ -153,7 +153,7 @@ def token_vos(
     Asks the issuer's userinfo endpoint (the authoritative list) when the token
     was issued by --issuer; otherwise reads the token's own entitlements.
     """
-    from tasks.checkin.identity import identify
+    from prefect_egi.tasks.checkin.identity import identify
 
     credentials = _credentials(token, token_file, issuer, client_id, block)
     identity = identify(_resolve(credentials), credentials.provider.oidc)
@@ -191,11 +191,11 @@ def dirac_login_command(
     """
     import asyncio
 
-    from tasks.dirac import DiracX
-    from tasks.dirac_login import DiracLoginFailed, device_login
+    from prefect_egi.tasks import DiracLoginFailed, DiracX
+    from prefect_egi.tasks.dirac.login import device_login
 
     if block:
-        target = DiracX.load(block, _sync=True)  # type: ignore[call-arg]
+        target = DiracX.load(block)
     elif url and vo:
         target = DiracX(url=url, vo=vo, group=group, credentials_path=credentials_path)
     else:
@@ -207,14 +207,14 @@ def dirac_login_command(
         typer.echo(f"and approve the login (user code {code.user_code}) within {code.expires_in} s.")
 
     try:
-        path = asyncio.run(device_login(target, deadline_seconds=deadline, on_code=show))
+        path = asyncio.run(device_login(target.client(), deadline_seconds=deadline, on_code=show))
     except (DiracLoginFailed, ValueError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
     typer.echo(f"Logged in to {target.url} as a member of {target.vo}; credentials saved to {path}")
 
 
-from flows.cli_journey import register  # noqa: E402 - after the app it extends
+from prefect_egi.flows.cli_journey import register  # noqa: E402 - after the app it extends
 
 register(app)
 

@@ -28,12 +28,12 @@ FedCloud sites and the Notebooks hub, as processes on 127.0.0.1.
 sandbox_app = typer.Typer(help=SANDBOX_HELP, no_args_is_help=True)
 
 FLOWS = {
-    "pipeline": ("flows.pipeline", "egi_pipeline"),
-    "identity": ("flows.identity", "egi_identity"),
-    "dataminer": ("flows.dataminer", "dataminer_run"),
-    "dirac-batch": ("flows.dirac", "dirac_batch"),
-    "vm-inventory": ("flows.inventory", "fedcloud_vm_inventory"),
-    "notebooks-server": ("flows.notebooks", "notebooks_server"),
+    "pipeline": ("prefect_egi.flows.pipeline", "egi_pipeline"),
+    "identity": ("prefect_egi.flows.identity", "egi_identity"),
+    "dataminer": ("prefect_egi.flows.dataminer", "dataminer_run"),
+    "dirac-batch": ("prefect_egi.flows.dirac", "dirac_batch"),
+    "vm-inventory": ("prefect_egi.flows.inventory", "fedcloud_vm_inventory"),
+    "notebooks-server": ("prefect_egi.flows.notebooks", "notebooks_server"),
 }
 
 
@@ -60,7 +60,7 @@ def _alive(pid: int) -> bool:
 
 
 def _print_where(info: dict) -> None:
-    from deployments.sandbox.stack import describe
+    from prefect_egi.sandbox.stack import describe
 
     for what, where in describe(info):
         typer.echo(f"  {what:<24} {where}")
@@ -81,7 +81,7 @@ def sandbox_up(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "state.json").unlink(missing_ok=True)
     log = (folder / "sandbox.log").open("ab")
-    command = [sys.executable, "-m", "deployments.sandbox.stack", "--state", str(folder / "state.json"),
+    command = [sys.executable, "-m", "prefect_egi.sandbox.stack", "--state", str(folder / "state.json"),
                "--workdir", str(folder / "work"), *([] if hub else ["--no-hub"])]
     supervisor = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   start_new_session=True)
@@ -94,7 +94,7 @@ def sandbox_up(
             typer.echo(f"The sandbox did not start (see {folder / 'sandbox.log'}):\n{tail}", err=True)
             raise typer.Exit(1)
         time.sleep(0.3)
-    from deployments.sandbox.stack import save_blocks
+    from prefect_egi.sandbox.stack import save_blocks
 
     saved = save_blocks(state)
     typer.echo("The sandbox is up:")
@@ -185,7 +185,7 @@ def demo_command(
     import tempfile
 
     home = tempfile.mkdtemp(prefix="prefect-egi-demo-")
-    from flows.demo import run_demo
+    from prefect_egi.flows.demo import run_demo
 
     try:
         outcome = run_demo(home, say=typer.echo)

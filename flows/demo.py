@@ -38,7 +38,7 @@ def run_demo(home: str | None = None, say: Callable[[str], None] = print, hub: b
     os.environ.update(QUIET | {"PREFECT_HOME": home})
     os.environ.pop("PREFECT_API_URL", None)  # the embedded API, whatever the user's profile says
     started = time.monotonic()
-    from deployments.sandbox.stack import Sandbox, describe, save_blocks
+    from prefect_egi.sandbox.stack import Sandbox, describe, save_blocks
 
     sandbox = Sandbox(Path(home) / "sandbox", hub=hub)
     say(f"Starting the local EGI sandbox and Prefect's embedded API (home: {home}) …")
@@ -52,7 +52,7 @@ def run_demo(home: str | None = None, say: Callable[[str], None] = print, hub: b
         save_blocks(info)
         say(f"Blocks saved: egi-checkin, dataminer, diracx, fedcloud ({time.monotonic() - started:.0f} s).")
         say("Running the egi-pipeline flow: Check-in → DataMiner → DIRAC → DataMiner → FedCloud …")
-        from flows.pipeline import egi_pipeline
+        from prefect_egi.flows.pipeline import egi_pipeline
 
         outputs = Path(home) / "pipeline-outputs"
         state = egi_pipeline(destination=str(outputs), return_state=True)

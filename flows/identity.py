@@ -3,20 +3,19 @@
 The smallest useful deployment: it proves that a worker can obtain a Check-in
 token from a saved block, and shows the identity (never the token) in the UI.
 
-    from flows.identity import egi_identity
+    from prefect_egi.flows import egi_identity
     egi_identity("egi-checkin")
 """
 
 
-from prefect import flow, task
+import asyncio
+
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from flows._blocks import load_named
-from tasks.artifacts import publish_sync
-from tasks.checkin import CheckinCredentials
-from tasks.checkin.identity import Identity
-from tasks.redaction import redact_errors
+from prefect_egi.flows.base import egi_flow, load_block
+from prefect_egi.tasks import CheckinCredentials, Identity, egi_task
+from prefect_egi.tasks.reporting import publish_sync
 
 
 class IdentityReport(BaseModel):
@@ -62,18 +61,18 @@ class IdentityReport(BaseModel):
         ])
 
 
-@task(name="describe-checkin-identity", retries=2, retry_delay_seconds=5)
-@redact_errors
-def describe_identity(credentials: CheckinCredentials) -> IdentityReport:
-    return IdentityReport.of(credentials.identity())
+@egi_task(name="describe-checkin-identity", retries=2, retry_delay_seconds=5)
+async def describe_identity(credentials: CheckinCredentials) -> IdentityReport:
+    """Whose token the credentials give, and how long it stays valid (the issuer's userinfo
+    is asked for the VOs; the token itself never leaves the task)."""
+    return IdentityReport.of(await asyncio.to_thread(credentials.identity))
 
 
-@flow(name="egi-identity", description="Show the EGI Check-in identity of a credentials block.")
-@redact_errors
+@egi_flow(name="egi-identity", description="Show the EGI Check-in identity of a credentials block.")
 def egi_identity(credentials_block: str = "egi-checkin") -> IdentityReport:
     """Load the `CheckinCredentials` block named `credentials_block`, resolve its token
     and publish who it belongs to as a markdown artifact."""
-    credentials = load_named(CheckinCredentials, credentials_block, "credentials_block")
+    credentials = load_block(CheckinCredentials, credentials_block, "credentials_block")
     report = describe_identity(credentials)
     publish_sync("identity", create_markdown_artifact, report.markdown(), key="egi-identity",
                  description="EGI Check-in identity")

@@ -1,6 +1,6 @@
 """`fedcloud-vm-inventory`: which VMs does my VO have running, on which FedCloud sites?
 
-    from flows.inventory import fedcloud_vm_inventory
+    from prefect_egi.flows import fedcloud_vm_inventory
     fedcloud_vm_inventory(vo="vo.access.egi.eu", status=["ACTIVE"])
 
 Every configured site is asked at once (bounded); the UI gets one table of
@@ -10,17 +10,13 @@ for each site that could not answer (`vm-inventory-sites`). Deployed hourly.
 
 from typing import Annotated, Optional
 
-from prefect import flow
 from pydantic import Field
 
-from flows._blocks import load_named
-from flows._sync import run
-from tasks.openstack import FedCloud, Inventory, vm_inventory
-from tasks.redaction import redact_errors
+from prefect_egi.flows.base import egi_flow, load_block
+from prefect_egi.tasks import FedCloud, Inventory, vm_inventory
 
 
-@flow(name="fedcloud-vm-inventory")
-@redact_errors
+@egi_flow(name="fedcloud-vm-inventory")
 def fedcloud_vm_inventory(
     vo: Optional[str] = None,
     fedcloud_block: str = "fedcloud",
@@ -37,5 +33,5 @@ def fedcloud_vm_inventory(
         status: Only VMs in these states, e.g. ACTIVE, SHUTOFF, ERROR.
         name_pattern: Only VMs whose name matches this glob, e.g. worker-*.
     """
-    block = load_named(FedCloud, fedcloud_block, "fedcloud_block")
-    return run(vm_inventory(block, vo, sites, status, name_pattern))
+    block = load_block(FedCloud, fedcloud_block, "fedcloud_block")
+    return vm_inventory(block, vo, sites, status, name_pattern)

@@ -1,6 +1,6 @@
 """`notebooks-server`: see, start or stop my EGI Notebooks server.
 
-    from flows.notebooks import notebooks_server
+    from prefect_egi.flows import notebooks_server
     notebooks_server("start")                  # waits until it is ready
     notebooks_server("status").servers         # {"": HubServer(ready=True, url=…)}
     notebooks_server("stop")
@@ -11,18 +11,13 @@ result is the hub's view of me (name, groups, servers, last activity).
 
 from typing import Annotated, Any, Literal
 
-from prefect import flow
 from pydantic import Field
 
-from flows._blocks import load_named
-from flows._sync import run
-from tasks.hub_api import HubUser
-from tasks.notebooks import NotebooksHub, hub_user, start_server, stop_server
-from tasks.redaction import redact_errors
+from prefect_egi.flows.base import egi_flow, load_block
+from prefect_egi.tasks import HubUser, NotebooksHub, hub_user, start_server, stop_server
 
 
-@flow(name="notebooks-server")
-@redact_errors
+@egi_flow(name="notebooks-server")
 def notebooks_server(
     action: Literal["status", "start", "stop"] = "status",
     server: str = "",
@@ -39,9 +34,9 @@ def notebooks_server(
         hub_block: Name of the EGI Notebooks Hub block to use.
         deadline_minutes: How long a start or stop may take.
     """
-    hub = load_named(NotebooksHub, hub_block, "hub_block")
+    hub = load_block(NotebooksHub, hub_block, "hub_block")
     if action == "start":
-        run(start_server(hub, server, options or None, deadline_minutes * 60))
+        start_server(hub, server, options or None, deadline_minutes * 60)
     elif action == "stop":
-        run(stop_server(hub, server, deadline_minutes * 60))
-    return run(hub_user(hub))
+        stop_server(hub, server, deadline_minutes * 60)
+    return hub_user(hub)

@@ -1,6 +1,6 @@
 """`egi-pipeline`: the services chained the way a researcher would.
 
-    from flows.pipeline import egi_pipeline
+    from prefect_egi.flows import egi_pipeline
     report = egi_pipeline()                 # the defaults run against `egi-flows sandbox up`
     print(report.markdown())
 
@@ -21,26 +21,32 @@ Cancelling the run kills its DIRAC jobs and marks its DataMiner executions; a
 crash leaves them running, and `prefect flow-run retry <id>` resumes watching them.
 """
 
+import asyncio
 import csv
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
-from flows._blocks import load_all
-from flows._sync import run
-from flows.dirac import DiracBatchReport, run_batch
-from tasks.artifacts import publish_sync
-from tasks.checkin import CheckinCredentials
-from tasks.dataminer import DataMiner, DataMinerResult, run_algorithm
-from tasks.dirac import DiracJob, DiracX
-from tasks.job_ledger import cancel_remote_jobs, keep_remote_jobs_on_crash
-from tasks.openstack import FedCloud, Inventory, vm_inventory
-from tasks.redaction import redact_errors
-from tasks.remote import WatchPolicy
+from prefect_egi.flows.base import egi_flow, load_blocks
+from prefect_egi.tasks import (
+    CheckinCredentials,
+    DataMiner,
+    DataMinerResult,
+    DiracBatchReport,
+    DiracJob,
+    DiracX,
+    FedCloud,
+    Inventory,
+    WatchPolicy,
+    egi_task,
+    run_algorithm,
+    run_batch,
+    vm_inventory,
+)
+from prefect_egi.tasks.reporting import publish_sync
 
 
 class WorkItems(BaseModel):
@@ -124,10 +130,10 @@ def _stage_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 STAGE = dict(cache_key_fn=_stage_key, persist_result=True, cache_expiration=None)
 
 
-@task(name="pipeline-identity", **STAGE)
-def identity_stage(credentials: CheckinCredentials) -> Identity:
+@egi_task(name="pipeline-identity", **STAGE)
+async def identity_stage(credentials: CheckinCredentials) -> Identity:
     """Get the Check-in token (refreshing it if needed) and say whose it is."""
-    me = credentials.identity()
+    me = await asyncio.to_thread(credentials.identity)
     return Identity(subject=me.subject, username=me.username, vos=list(me.vos))
 
 
@@ -147,20 +153,20 @@ def _items_from(result: DataMinerResult, output: Optional[str], column: str) -> 
     return items
 
 
-@task(name="pipeline-work-items", **STAGE)
+@egi_task(name="pipeline-work-items", **STAGE)
 async def work_items_stage(dataminer: DataMiner, spec: WorkItems, destination: str) -> WorkItemsResult:
     """Run the algorithm that lists the work items; read them from its CSV output."""
     result = await run_algorithm(dataminer, spec.process, spec.inputs, destination=destination)
     return WorkItemsResult(execution=result, items=_items_from(result, spec.output, spec.column))
 
 
-@task(name="pipeline-grid", **STAGE)
+@egi_task(name="pipeline-grid", **STAGE)
 async def grid_stage(diracx: DiracX, spec: GridJobs, items: list[str], destination: str,
                      deadline_hours: float) -> DiracBatchReport:
     """One DIRAC job per item, waited for in bulk, failures resubmitted, outputs collected."""
     job = spec.job.model_copy(update={"parameters": list(items)})
     policy = WatchPolicy(deadline=deadline_hours * 3600)
-    return await run_batch(diracx, job, policy, spec.max_resubmissions, destination)
+    return await run_batch(diracx, job, spec.max_resubmissions, destination, policy)
 
 
 def _results_table(items: list[str], grid: DiracBatchReport, path: Path) -> Path:
@@ -178,7 +184,7 @@ def _results_table(items: list[str], grid: DiracBatchReport, path: Path) -> Path
     return path
 
 
-@task(name="pipeline-summary", **STAGE)
+@egi_task(name="pipeline-summary", **STAGE)
 async def summary_stage(dataminer: DataMiner, spec: Summary, items: list[str], grid: DiracBatchReport,
                         destination: str) -> DataMinerResult:
     """Run a DataMiner algorithm over the table of grid results."""
@@ -186,14 +192,13 @@ async def summary_stage(dataminer: DataMiner, spec: Summary, items: list[str], g
     return await run_algorithm(dataminer, spec.process, {spec.table_input: str(table)}, destination=destination)
 
 
-@task(name="pipeline-vms", **STAGE)
+@egi_task(name="pipeline-vms", **STAGE)
 async def vms_stage(fedcloud: FedCloud, vo: Optional[str]) -> Inventory:
     """A snapshot of the VO's FedCloud VMs (sites that fail are listed, not fatal)."""
     return await vm_inventory(fedcloud, vo)
 
 
-@flow(name="egi-pipeline", on_cancellation=[cancel_remote_jobs], on_crashed=[keep_remote_jobs_on_crash])
-@redact_errors
+@egi_flow(name="egi-pipeline")
 def egi_pipeline(
     work_items: WorkItems = WorkItems(),
     grid: GridJobs = GridJobs(),
@@ -222,7 +227,7 @@ def egi_pipeline(
         destination: Folder for every downloaded output (one sub-folder per stage).
         deadline_hours: Give up waiting for the grid jobs after this many hours.
     """
-    blocks = load_all({"checkin_block": (CheckinCredentials, checkin_block),
+    blocks = load_blocks({"checkin_block": (CheckinCredentials, checkin_block),
                        "dataminer_block": (DataMiner, dataminer_block), "diracx_block": (DiracX, diracx_block),
                        **({"fedcloud_block": (FedCloud, fedcloud_block)} if vms else {})})
     credentials, dataminer, diracx = blocks["checkin_block"], blocks["dataminer_block"], blocks["diracx_block"]
@@ -230,10 +235,10 @@ def egi_pipeline(
     out = Path(destination)
 
     who = identity_stage(credentials)
-    listed = run(work_items_stage(dataminer, work_items, str(out / "work-items")))
-    batch = run(grid_stage(diracx, grid, listed.items, str(out / "grid"), deadline_hours))
-    summarised = run(summary_stage(dataminer, summary, listed.items, batch, str(out / "summary"))) if summary else None
-    snapshot = run(vms_stage(fedcloud, vo)) if fedcloud else None
+    listed = work_items_stage(dataminer, work_items, str(out / "work-items"))
+    batch = grid_stage(diracx, grid, listed.items, str(out / "grid"), deadline_hours)
+    summarised = summary_stage(dataminer, summary, listed.items, batch, str(out / "summary")) if summary else None
+    snapshot = vms_stage(fedcloud, vo) if fedcloud else None
 
     report = PipelineReport(identity=who, work_items=listed, grid=batch, summary=summarised, vms=snapshot)
     publish_sync("pipeline report", create_markdown_artifact, report.markdown(), key="egi-pipeline",

@@ -2,10 +2,11 @@
 
 Why: defining a Prefect block or task pulls in `prefect.main`, Prefect's logging
 set-up and the blocks' JSON schemas (~0.25 s). The plain-Python layers
-(`tasks.checkin.tokens`, `tasks.fedcloud`, `tasks.remote`, …) need none of that, and
+(`prefect_egi.tasks.checkin.tokens`, `prefect_egi.tasks.fedcloud.client`,
+`prefect_egi.tasks.remote`, …) need none of that, and
 nor does a process that only imports one service. So a package `__init__` names
 what it exports and where it lives; the module is imported when a name is first
-read (or listed by `dir()`, which `prefect block register -m tasks` relies on).
+read (or listed by `dir()`, which `prefect block register -m prefect_egi.tasks` relies on).
 """
 
 from __future__ import annotations

@@ -1,14 +1,19 @@
 """Every block of prefect-egi, defined (and so registered with Prefect) on import.
 
 The `prefect.collections` entry point: Prefect imports it before it looks a block
-type up by slug (a worker loading a block document, `Block.load("data-miner/…")`).
-Also `prefect block register -m tasks.blocks`.
+type up by slug (a worker loading a block document, `Block.load("egi-dataminer/…")`,
+the job ledger's hooks). Also `prefect block register -m prefect_egi.tasks.blocks`.
+
+`BLOCKS` is derived from the public API's index (each service's `block` module), so
+there is one list of blocks: `prefect_egi.tasks._PUBLIC`.
 """
 
-from tasks.checkin.block import CheckinCredentials
-from tasks.dataminer import DataMiner
-from tasks.dirac import DiracX
-from tasks.notebooks import NotebooksHub
-from tasks.openstack import FedCloud
+from importlib import import_module
 
-__all__ = ["CheckinCredentials", "DataMiner", "DiracX", "FedCloud", "NotebooksHub"]
+from prefect_egi.tasks import _PUBLIC
+
+BLOCKS: tuple[type, ...] = tuple(
+    getattr(import_module(module), name) for module, names in _PUBLIC.items() if module.endswith(".block")
+    for name in names)
+
+globals().update({block.__name__: block for block in BLOCKS})  # what `prefect block register -m` walks

@@ -1,8 +1,10 @@
-"""Bounded retries for HTTP calls to EGI services.
+"""Bounded retries for HTTP calls to EGI services, and the TLS rules they follow.
 
-Transient faults — 5xx, 429, timeouts, connection resets — are retried with
-exponential backoff up to a fixed number of attempts, then reported as one
-clear error. Anything else (4xx) is returned to the caller to interpret.
+Transient faults (`prefect_egi.tasks.faults`: 5xx, 429, timeouts, connection resets)
+are retried with exponential backoff up to a fixed number of attempts, then reported
+as one clear error. Anything else (4xx) is returned to the caller to interpret.
+
+No Prefect imports: this is the service-access layer.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import httpx
 
-TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+from prefect_egi.tasks.faults import NOT_SENT, REFUSED_STATUS, TRANSIENT_STATUS, TRANSIENT_TRANSPORT, describe
 
 
 @dataclass(frozen=True)
@@ -84,21 +86,6 @@ def certificate_error(what: str, url: str) -> TLSVerificationError:
                                 "give the CA bundle that signed it (ca_bundle) — verification stays on")
 
 
-def describe_failure(failure: BaseException | httpx.Response) -> str:
-    if isinstance(failure, httpx.Response):
-        return f"HTTP {failure.status_code} {failure.reason_phrase}".rstrip()
-    if isinstance(failure, httpx.TimeoutException):
-        return f"timed out ({type(failure).__name__})"
-    return f"{type(failure).__name__}: {failure}"
-
-
-RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
-# Failures that prove a request never reached the server: no connection, or a front that
-# refused it unread (503 Service Unavailable, 429 Too Many Requests).
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-REFUSED_STATUS = frozenset({429, 503})
-
-
 def _judge(what: str, url: str, outcome: httpx.Response | BaseException,
            idempotent: bool) -> httpx.Response | None:
     """The response to return, or None to try again; certificate failures raise at once,
@@ -106,8 +93,8 @@ def _judge(what: str, url: str, outcome: httpx.Response | BaseException,
     if isinstance(outcome, BaseException):
         if is_certificate_failure(outcome):
             raise certificate_error(what, url) from None
-        if not idempotent and not isinstance(outcome, _NOT_SENT):
-            raise OutcomeUnknown(f"{what}: {describe_failure(outcome)} after the request may have reached the "
+        if not idempotent and not isinstance(outcome, NOT_SENT):
+            raise OutcomeUnknown(f"{what}: {describe(outcome)} after the request may have reached the "
                                  "server; not sent again, to avoid doing the work twice") from None
         return None
     retry_on = TRANSIENT_STATUS if idempotent else REFUSED_STATUS
@@ -115,7 +102,7 @@ def _judge(what: str, url: str, outcome: httpx.Response | BaseException,
 
 
 def _exhausted(what: str, url: str, policy: RetryPolicy, last: httpx.Response | BaseException) -> TransientHTTPError:
-    return TransientHTTPError(f"{what} ({url}) failed {policy.attempts} times; last failure: {describe_failure(last)}")
+    return TransientHTTPError(f"{what} ({url}) failed {policy.attempts} times; last failure: {describe(last)}")
 
 
 def request_with_retries(
@@ -128,7 +115,7 @@ def request_with_retries(
             time.sleep(policy.delay(attempt - 1))
         try:
             outcome = client.request(method, url, **kwargs)
-        except RETRYABLE_ERRORS as exc:
+        except TRANSIENT_TRANSPORT as exc:
             outcome = exc
         if (response := _judge(what, url, outcome, idempotent=True)) is not None:
             return response
@@ -150,7 +137,7 @@ async def arequest_with_retries(
             await asyncio.sleep(policy.delay(attempt - 1))
         try:
             outcome = await client.request(method, url, **kwargs)
-        except RETRYABLE_ERRORS as exc:
+        except TRANSIENT_TRANSPORT as exc:
             outcome = exc
         if (response := _judge(what, url, outcome, idempotent)) is not None:
             return response

@@ -39,8 +39,14 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
+
+from prefect_egi.tasks.block_base import JobServiceBlock
+from prefect_egi.tasks.faults import TransientServiceError, classify
+
+if TYPE_CHECKING:
+    from prefect_egi.tasks.remote import JobStatus
 
 logger = logging.getLogger("prefect_egi.remote")
 
@@ -55,8 +61,6 @@ def _server_trouble(exc: BaseException) -> bool:
     """A failure of the Prefect server itself, worth trying again: a 5xx (at 50 concurrent
     flow runs its PostgreSQL connections time out and it answers 500) or a lost connection —
     what the engine calls transient for any service."""
-    from tasks.remote import TransientServiceError, classify
-
     return classify(exc) is TransientServiceError
 
 
@@ -83,6 +87,14 @@ class Submission:
     block_type: str | None = None  # block type slug, to rebuild the service client
     block_name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, block: JobServiceBlock, *, key: str, service: str, job_ids: list[str], label: str = "",
+           extra: dict[str, Any] | None = None) -> "Submission":
+        """A record of jobs `block` submitted (its saved name, if any, lets the hooks reach them)."""
+        block_type, block_name = block.ledger_reference()
+        return cls(key=key, service=service, job_ids=list(job_ids), label=label, block_type=block_type,
+                   block_name=block_name, extra=dict(extra or {}))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -223,8 +235,6 @@ def cancel_remote_jobs(flow: Any, flow_run: Any, state: Any) -> None:
 
 async def cancel_submissions(flow_run_id: UUID) -> dict[str, dict[str, str]]:
     """Cancel the jobs of every submission of a flow run; returns the states per job."""
-    from prefect.blocks.core import Block
-
     ledger = JobLedger(flow_run_id)
     outcome: dict[str, dict[str, str]] = {}
     for submission in await ledger.submissions():
@@ -233,9 +243,7 @@ async def cancel_submissions(flow_run_id: UUID) -> dict[str, dict[str, str]]:
             logger.warning("Cannot cancel %s jobs %s: they were submitted with an unsaved block",
                            submission.service, ", ".join(submission.job_ids))
             continue
-        block_class = Block.get_block_class_from_key(submission.block_type)
-        block = await block_class.aload(submission.block_name)
-        statuses = await block.job_adapter().cancel(submission.job_ids)
+        statuses = await _ask(submission, "cancel")
         outcome[submission.key] = {job: status.state.value for job, status in statuses.items()}
         logger.info("Cancelled %d %s job(s) of flow run %s", len(statuses), submission.service, flow_run_id)
     return outcome
@@ -314,22 +322,21 @@ async def crash_report(flow_run_id: UUID | None, run_name: str | None = None, re
     return "\n".join(lines)
 
 
+async def _ask(submission: Submission, action: str) -> dict[str, JobStatus]:
+    """`cancel` or `poll` the submission's jobs through the adapter of the block that submitted them."""
+    assert submission.block_type and submission.block_name
+    block = await JobServiceBlock.from_ledger(submission.block_type, submission.block_name)
+    async with block.job_adapter() as adapter:
+        return dict(await getattr(adapter, action)(submission.job_ids))
+
+
 async def _still_active(submission: Submission) -> tuple[list[str], list[str] | None]:
     """(job ids still queued/running or unknown, job ids already ended); None for the second
     when the service could not be asked (then every id is in the first)."""
-    import asyncio
-
     if not (submission.block_type and submission.block_name):
         return list(submission.job_ids), None
     try:
-        from prefect.blocks.core import Block
-
-        async def ask() -> Any:
-            block_class = Block.get_block_class_from_key(submission.block_type)
-            block = await block_class.aload(submission.block_name)
-            return await block.job_adapter().poll(submission.job_ids)
-
-        statuses = await asyncio.wait_for(ask(), CRASH_STATUS_TIMEOUT)
+        statuses = await asyncio.wait_for(_ask(submission, "poll"), CRASH_STATUS_TIMEOUT)
     except Exception as exc:
         logger.info("Could not read the status of %s jobs of %s: %s", submission.service, submission.key,
                     type(exc).__name__)
@@ -345,7 +352,7 @@ def _next_steps(flow_run_id: UUID | None, jobs: bool = True) -> str:
     return (f"To resume watching these same jobs (nothing is submitted again): `{retry}` — the retried run "
             f"finds them in this run's job ledger. To stop them instead: retry, then "
             f"`prefect flow-run cancel {flow_run_id}` (cancelling kills them), or without Prefect running it: "
-            f"`python -c \"import asyncio, uuid; from tasks.job_ledger import cancel_submissions; "
+            f"`python -c \"import asyncio, uuid; from prefect_egi.tasks.job_ledger import cancel_submissions; "
             f"asyncio.run(cancel_submissions(uuid.UUID('{flow_run_id}')))\"`.")
 
 

@@ -1,8 +1,9 @@
-"""The remote-job engine shared by DataMiner and DIRAC.
+"""The remote-job engine: one wait loop for every service.
 
-A DataMiner execution and a DIRAC job have the same shape: submit, poll,
-cancel, fetch. Each service is a small `RemoteJobAdapter`; this module owns the
-one wait loop (`watch`) so that no service grows its own polling loop.
+A DataMiner execution, a DIRAC job and a Notebooks server start have the same
+shape: submit, poll, cancel, fetch. Each service is a small `RemoteJobAdapter`
+(in its access layer); this module owns the one wait loop (`watch`) so that no
+service grows its own polling loop.
 
 The loop, modelled on Parsl's `ExecutionProvider` and Prefect's `JobRun`:
 - polls in BULK (`adapter.poll(ids)`: one round trip for all jobs per cycle);
@@ -13,9 +14,12 @@ The loop, modelled on Parsl's `ExecutionProvider` and Prefect's `JobRun`:
 - absorbs transient errors (5xx, timeouts, resets) with exponential backoff up
   to a bound, and on 401 asks the adapter to renew its credentials first —
   never a busy loop, always a clear error at the end;
-- reports through a `WatchReporter`: state changes logged (not every poll), a
-  Prefect progress artifact (throttled), an event per transition
-  (`egi.<service>.job.<state>`) and a table artifact at the end.
+- reports through a `WatchReporter`: state changes logged (not every poll);
+  `prefect_egi.tasks.reporting.PrefectReporter` adds a progress artifact
+  (throttled), an event per transition (`egi.<service>.job.<state>`) and a table
+  artifact at the end.
+
+No Prefect imports: the engine is plain Python, usable and testable alone.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
-import httpx
+from prefect_egi.tasks.faults import CredentialsRejected, classify, describe
 
 logger = logging.getLogger("prefect_egi.remote")
 
@@ -65,14 +69,6 @@ class JobStatus:
             other.state, other.progress, other.message)
 
 
-class TransientServiceError(Exception):
-    """The service could not answer now (5xx, timeout, reset): try again later."""
-
-
-class CredentialsRejected(Exception):
-    """The service answered 401: the adapter should renew its credentials."""
-
-
 class WatchError(Exception):
     """Waiting ended without every job finishing; the jobs may still run remotely."""
 
@@ -100,14 +96,11 @@ class WatchGaveUp(WatchError):
         return (type(self), (str(self), self.statuses, self.transient))
 
 
-def retry_if_watch_may_recover(task: Any, task_run: Any, state: Any) -> bool:
-    """`retry_condition_fn` for wait tasks: retry only when the service was unreachable."""
-    exc = state.result(raise_on_failure=False)
-    return isinstance(exc, WatchGaveUp) and exc.transient
-
-
 class RemoteJobAdapter(ABC):
-    """One service's part of the engine: how to submit, poll, cancel and fetch."""
+    """One service's part of the engine: how to poll and cancel its jobs.
+
+    An adapter may hold connections: use it as `async with block.job_adapter() as adapter:`
+    (or call `aclose()`), so they are released however the wait ends."""
 
     #: short service name used in events (`egi.<service>.job.<state>`) and logs
     service: ClassVar[str]
@@ -133,6 +126,15 @@ class RemoteJobAdapter(ABC):
     def job_link(self, job_id: str) -> str | None:
         """A URL where the job can be seen, if any (tables, events)."""
         return None
+
+    async def aclose(self) -> None:
+        """Release what the adapter holds (connection pools); the default holds nothing."""
+
+    async def __aenter__(self) -> "RemoteJobAdapter":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 @dataclass(frozen=True)
@@ -317,28 +319,6 @@ def overall_progress(statuses: Mapping[str, JobStatus]) -> float:
     return round(total / len(statuses), 1)
 
 
-def classify(exc: BaseException) -> type[Exception] | None:
-    """Map an exception from an adapter to TransientServiceError/CredentialsRejected (or None: fatal)."""
-    if isinstance(exc, (TransientServiceError, CredentialsRejected)):
-        return type(exc)
-    if isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)):
-        return TransientServiceError
-    if isinstance(exc, httpx.HTTPStatusError):
-        code = exc.response.status_code
-        if code == 401:
-            return CredentialsRejected
-        if code in (429, 500, 502, 503, 504):
-            return TransientServiceError
-    return None
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, httpx.HTTPStatusError):
-        return f"HTTP {exc.response.status_code}"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 async def watch(
     adapter: RemoteJobAdapter,
     job_ids: Sequence[str],
@@ -385,10 +365,10 @@ async def watch(
                         "the token is still valid. The jobs may still be running.", statuses, transient=False) from None
             if errors >= policy.max_consecutive_errors:
                 raise WatchGaveUp(
-                    f"{adapter.service} status requests failed {errors} times in a row; last: {_describe(exc)}. "
+                    f"{adapter.service} status requests failed {errors} times in a row; last: {describe(exc)}. "
                     "The jobs may still be running; watch them again later.", statuses) from None
             delay = min(policy.error_backoff * 2 ** (errors - 1), policy.max_error_backoff)
-            await reporter.trouble(_describe(exc), delay)
+            await reporter.trouble(describe(exc), delay)
             if deadline is not None and clock() + delay > deadline:
                 raise WatchDeadlineExceeded(_deadline_text(adapter, policy, statuses), statuses) from None
             await sleep(delay)
@@ -426,97 +406,3 @@ def _deadline_text(adapter: RemoteJobAdapter, policy: WatchPolicy, statuses: Map
     waiting = [adapter.job_label(s.job_id) for s in statuses.values() if not s.state.terminal]
     return (f"gave up waiting for {len(waiting)} {adapter.service} job(s) after the {policy.deadline:.0f} s deadline: "
             f"{', '.join(waiting[:10])}{' …' if len(waiting) > 10 else ''}. They may still be running.")
-
-
-class PrefectReporter(WatchReporter):
-    """Reports into the Prefect UI: run logs, a throttled progress artifact, one
-    event per transition and a table artifact of every job's final state."""
-
-    def __init__(self, adapter: RemoteJobAdapter, title: str = "", log: Any = None,
-                 throttle: float = 2.0, clock: Any = time.monotonic):
-        self.throttle = throttle
-        if log is None:
-            log = run_logger()
-        super().__init__(adapter, log)
-        self.title = title or f"{adapter.service} jobs"
-        self.clock = clock
-        self._artifact_id: Any = None
-        self._last_update = float("-inf")
-        self._last_value: float | None = None
-
-    async def started(self, statuses: Mapping[str, JobStatus]) -> None:
-        await super().started(statuses)
-        if in_run():
-            from prefect.artifacts import acreate_progress_artifact
-
-            from tasks.artifacts import publish
-
-            self._artifact_id = await publish("progress", acreate_progress_artifact,
-                                              progress=overall_progress(statuses), description=f"{self.title}: progress")
-            self._last_update = self.clock()
-
-    async def transition(self, old: JobStatus | None, new: JobStatus) -> None:
-        await super().transition(old, new)
-        if not in_run():  # outside a run there is no API to send events to (and none to start)
-            return
-        from prefect.events import emit_event
-
-        resource = {"prefect.resource.id": f"egi.{self.adapter.service}.job.{new.job_id}",
-                    "prefect.resource.name": self.adapter.job_label(new.job_id)}
-        link = self.adapter.job_link(new.job_id)
-        if link:
-            resource["egi.job.url"] = link
-        emit_event(
-            event=f"egi.{self.adapter.service}.job.{new.state.value}",
-            resource=resource,
-            payload={"previous": old.state.value if old else None, "progress": new.progress,
-                     "message": new.message[:500]},
-        )
-
-    async def progress(self, statuses: Mapping[str, JobStatus], force: bool = False) -> None:
-        if self._artifact_id is None:
-            return
-        value = overall_progress(statuses)
-        now = self.clock()
-        if value == self._last_value or (not force and now - self._last_update < self.throttle):
-            return
-        from prefect.artifacts import aupdate_progress_artifact
-
-        from tasks.artifacts import publish
-
-        counts = ", ".join(f"{n} {s}" for s, n in summarise(statuses.values()).items())
-        await publish("progress", aupdate_progress_artifact, self._artifact_id, progress=value,
-                      description=f"{self.title}: {counts}")
-        self._last_update, self._last_value = now, value
-
-    async def finished(self, statuses: Mapping[str, JobStatus]) -> None:
-        await super().finished(statuses)
-        if not in_run():
-            return
-        from prefect.artifacts import acreate_table_artifact
-
-        from tasks.artifacts import publish
-
-        rows = [
-            {"job": self.adapter.job_label(s.job_id), "state": s.state.value,
-             "progress": "" if s.progress is None else s.progress, "message": s.message[:300],
-             "link": self.adapter.job_link(s.job_id) or ""}
-            for s in statuses.values()
-        ]
-        await publish("final states", acreate_table_artifact, rows, description=f"{self.title}: final states")
-
-
-def in_run() -> bool:
-    """True inside a Prefect flow or task run (artifacts and events need one)."""
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
-
-
-def run_logger() -> Any:
-    """The run's logger inside Prefect, ours outside it."""
-    if in_run():
-        from prefect import get_run_logger
-
-        return get_run_logger()
-    return logger

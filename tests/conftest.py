@@ -22,18 +22,17 @@ os.environ.update(
 )
 
 REPO = Path(__file__).resolve().parents[1]
-# The sandbox peers live in deployments/; the plugin itself is imported as installed.
-sys.path.append(str(REPO))
+# The plugin and its sandbox (prefect_egi.sandbox) are imported as installed.
+
 
 import httpx  # noqa: E402
 import pytest  # noqa: E402
-
 from leak_sweep import capture_session_logs  # noqa: E402
 
 SESSION_LOG = Path(_HOME) / "session.log"
 capture_session_logs(SESSION_LOG)
 
-from deployments.sandbox.peers import PeerProcess, start_peer  # noqa: E402
+from prefect_egi.sandbox.peers import PeerProcess, start_peer
 
 TOKEN_ENV = (
     "OIDC_ACCESS_TOKEN",
@@ -87,7 +86,7 @@ class CheckinPeer:
         """CheckinCredentials as a researcher saves them: a refresh token and the client (no env, no files)."""
         from pydantic import SecretStr
 
-        from tasks.checkin import CheckinCredentials
+        from prefect_egi.tasks import CheckinCredentials
 
         refresh = self.login(user)["refresh_token"]
         return CheckinCredentials(issuer=self.issuer, client_id=self.client_id,
@@ -150,7 +149,7 @@ def prefect_api_proxy(prefect_db):
     real Prefect API: PREFECT_API_URL points through it for the test."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from deployments.sandbox.fault_proxy import FaultProxy
+    from prefect_egi.sandbox.fault_proxy import FaultProxy
 
     origin, _, path = PREFECT_API_URL.value().partition("/api")
     with FaultProxy(origin) as proxy, temporary_settings({PREFECT_API_URL: f"{proxy.url}/api{path}"}):
@@ -173,11 +172,11 @@ def sweep_roots(db: Path) -> list[Path]:
 def _sweep_for_secrets(db: Path) -> None:
     """After every flow of the session ran: no secret our code handled in this process
     (the redaction registry) is stored anywhere a run leaves things."""
+    from leak_sweep import sweep
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    from leak_sweep import sweep
-    from tasks import redaction
+    from prefect_egi.tasks import redaction
 
     APILogWorker.drain_all(timeout=10)
     EventsWorker.drain_all(timeout=10)
@@ -240,7 +239,7 @@ class DataMinerPeer:
     def block(self, **fields):
         from pydantic import SecretStr
 
-        from tasks.dataminer import DataMiner
+        from prefect_egi.tasks import DataMiner
 
         fields.setdefault("gcube_token", SecretStr(self.token))
         return DataMiner(url=self.wps_url, **fields)
@@ -273,12 +272,12 @@ class DiracXPeer:
         (self.vo, creds), *_ = self.vos.items()
         self.group: str = creds["group"]
         self.credentials: str = creds["user"]
-        from deployments.sandbox.dirac_pilot import Pilot
+        from prefect_egi.sandbox.dirac_pilot import Pilot
 
         self.pilot = Pilot(self.url, creds["pilot"])
 
     def block(self, vo: str | None = None, **fields):
-        from tasks.dirac import DiracX
+        from prefect_egi.tasks import DiracX
 
         vo = vo or self.vo
         fields.setdefault("credentials_path", self.vos[vo]["user"])
@@ -299,7 +298,7 @@ class DiracXPeer:
 @pytest.fixture(scope="session")
 def diracx_process(checkin_process):
     """A real DiracX server; its users log in through our Check-in peer (alice has her Check-in sub)."""
-    from deployments.sandbox.checkin_peer import DEFAULT_USERS
+    from prefect_egi.sandbox.checkin_peer import DEFAULT_USERS
 
     alice = DEFAULT_USERS["alice"]["sub"]
     peer = start_peer("diracx", "diracx_peer.py", "--vo", f"egi.test:egi_user:alice:{alice}",

@@ -153,9 +153,17 @@ class PrefectStack:
     def database(self) -> Path:
         return self.root / "server" / "prefect.db"
 
+    @property
+    def workdir(self) -> Path:
+        """Where this stack's flow runs work (prefect.yaml's pull step: `$PREFECT_EGI_WORKDIR`)."""
+        folder = self.root / "flow-runs"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of a client process (CLI, worker, flow runs) of this stack."""
-        return client_env(self.root / "client", self.stack_id, PREFECT_API_URL=self.api_url, **extra)
+        return client_env(self.root / "client", self.stack_id, PREFECT_API_URL=self.api_url,
+                          **{"PREFECT_EGI_WORKDIR": str(self.workdir), **extra})
 
     # ---- HTTP API
 
@@ -233,7 +241,7 @@ class PrefectStack:
         Schedules are paused at once (and the server runs without its scheduler service), so the
         only runs of the deployment are the ones a test creates."""
         self.cli("--no-prompt", "deploy", "--name", name, "--prefect-file", prefect_file, cwd=project_dir,
-                 PREFECT_EGI_CHECKOUT=str(project_dir), **extra_env)
+                 **extra_env)
         found = self.api("POST", "/deployments/filter", json={"deployments": {"name": {"any_": [name]}}})
         if len(found) != 1:
             raise StackError(f"expected one deployment named {name!r}, the server has {len(found)}")
@@ -480,8 +488,7 @@ def deployed_run(
     try:
         stack.create_work_pool(pool)
         # the worker starts while blocks are saved and the deployment made (no run exists yet)
-        worker = stack.start_worker(pool, wait=False, PREFECT_EGI_CHECKOUT=str(project_dir),
-                                    PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
+        worker = stack.start_worker(pool, wait=False, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
                                     PREFECT_RUNNER_POLL_FREQUENCY="1", PREFECT_WORKER_HEARTBEAT_SECONDS="5")
         stack.save_blocks(blocks)
         deployed = stack.deploy(deployment, project_dir=project_dir)

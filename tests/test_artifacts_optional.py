@@ -20,8 +20,7 @@ def await_result(state):
 def test_artifacts_refused_by_the_api_do_not_fail_the_run(prefect_api_proxy, dataminer, tmp_path):
     from prefect import flow
 
-    from tasks.dataminer import run_algorithm
-    from tasks.remote import WatchPolicy
+    from prefect_egi.tasks import WatchPolicy, run_algorithm
 
     prefect_api_proxy.set_rules([{"kind": "error", "status": 500, "path": "^/api/artifacts", "rate": 1.0}])
     block = dataminer.block()
@@ -42,8 +41,7 @@ def test_artifacts_refused_by_the_api_do_not_fail_the_run(prefect_api_proxy, dat
 def test_refused_artifacts_are_named_in_the_run_log(prefect_api_proxy, dataminer, tmp_path, caplog):
     from prefect import flow
 
-    from tasks.dataminer import run_algorithm
-    from tasks.remote import WatchPolicy
+    from prefect_egi.tasks import WatchPolicy, run_algorithm
 
     prefect_api_proxy.set_rules([{"kind": "error", "status": 500, "path": "^/api/artifacts", "rate": 1.0}])
     block = dataminer.block()

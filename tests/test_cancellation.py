@@ -17,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelling
 
-from tasks.job_ledger import JobLedger
+from prefect_egi.tasks.job_ledger import JobLedger
 
 pytestmark = pytest.mark.prefect
 

@@ -116,7 +116,7 @@ def test_check_with_a_saved_block(prefect_db, checkin, tmp_path):
     from prefect.settings import PREFECT_API_URL
     from pydantic import SecretStr
 
-    from tasks import CheckinCredentials
+    from prefect_egi.tasks import CheckinCredentials
 
     CheckinCredentials(issuer=checkin.issuer, client_id=checkin.client_id,
                        client_secret=SecretStr(checkin.client_secret),

@@ -32,16 +32,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-
 from prefect_stack import MARKER, REPO, PrefectStack, StackError, start_server, wait_until
-from tasks.job_ledger import describe_ids
+
+from prefect_egi.tasks.job_ledger import describe_ids
 
 pytestmark = [pytest.mark.system, pytest.mark.prefect]
 
 POOL = "egi-process"
 JOBS = 30
 HEARTBEAT = 30  # seconds between flow-run heartbeats (Prefect's minimum; the automation allows 15 s of lateness)
-WORKER_ENV = dict(PREFECT_EGI_CHECKOUT=str(REPO), PREFECT_WORKER_QUERY_SECONDS="1",
+WORKER_ENV = dict(PREFECT_WORKER_QUERY_SECONDS="1",
                   PREFECT_WORKER_PREFETCH_SECONDS="5", PREFECT_RUNNER_POLL_FREQUENCY="1",
                   PREFECT_WORKER_HEARTBEAT_SECONDS="5", PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT))
 ZOMBIE_MESSAGE = "No heartbeat: the flow run's infrastructure is gone"
@@ -332,7 +332,8 @@ def test_the_crash_hook_never_raises_and_folds_job_ids(caplog):
     """Without a run (or an API) the hook still says what to do; ids fold into ranges."""
     import logging
 
-    from tasks.job_ledger import describe_ids, keep_remote_jobs_on_crash
+    from prefect_egi.tasks import keep_remote_jobs_on_crash
+    from prefect_egi.tasks.job_ledger import describe_ids
 
     assert describe_ids(["7", "1", "2", "3", "5", "6", "10"]) == "1-3, 5-7, 10"
     assert describe_ids(["https://dm/a", "https://dm/b"]) == "https://dm/a, https://dm/b"
@@ -349,7 +350,7 @@ def test_the_crash_report_lists_jobs_and_submissions_of_unknown_outcome(prefect_
     from prefect import flow
     from prefect.client.orchestration import get_client
 
-    from tasks.job_ledger import JobLedger, Submission, crash_report
+    from prefect_egi.tasks.job_ledger import JobLedger, Submission, crash_report
 
     @flow
     def nothing() -> None:

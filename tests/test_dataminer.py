@@ -8,9 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from tasks.dataminer import DataMinerExecutionFailed, process_id
-from tasks.remote import JobState, WatchDeadlineExceeded, WatchGaveUp, WatchPolicy, watch
-from tasks.wps import InputValidationError, WPSAuthError, WPSServiceError
+from prefect_egi.tasks import (
+    DataMinerExecutionFailed,
+    InputValidationError,
+    JobState,
+    WatchDeadlineExceeded,
+    WatchGaveUp,
+    WatchPolicy,
+    WPSAuthError,
+    WPSServiceError,
+    watch,
+)
+from prefect_egi.tasks.dataminer.adapter import process_id
 
 FAST = WatchPolicy(first_interval=0.2, max_interval=1.0, error_backoff=0.2, max_error_backoff=1.0)
 
@@ -20,7 +29,7 @@ def run(coro):
 
 
 def test_processes_and_descriptions(dataminer):
-    from tasks.dataminer import describe_process, list_processes
+    from prefect_egi.tasks import describe_process, list_processes
 
     block = dataminer.block()
     names = [p.identifier for p in run(list_processes.fn(block))]
@@ -35,7 +44,7 @@ def test_processes_and_descriptions(dataminer):
 
 
 def test_every_input_problem_is_listed_and_nothing_is_submitted(dataminer, tmp_path):
-    from tasks.dataminer import submit_execution
+    from prefect_egi.tasks.dataminer.tasks import submit_execution
 
     big = tmp_path / "big.csv"
     big.write_bytes(b"a\n" + b"1\n" * (3 * 1024 * 1024))
@@ -61,7 +70,7 @@ def test_every_input_problem_is_listed_and_nothing_is_submitted(dataminer, tmp_p
 
 
 def test_unknown_process_and_bad_token_are_clear(dataminer):
-    from tasks.dataminer import describe_process
+    from prefect_egi.tasks import describe_process
 
     with pytest.raises(WPSServiceError) as caught:
         run(describe_process.fn(dataminer.block(), "NO_SUCH_ALGORITHM"))
@@ -72,7 +81,7 @@ def test_unknown_process_and_bad_token_are_clear(dataminer):
 
 @pytest.mark.parametrize("mode", ["header", "query", "basic"])
 def test_literal_algorithm_with_each_token_mode(dataminer, tmp_path, mode):
-    from tasks.dataminer import run_algorithm
+    from prefect_egi.tasks import run_algorithm
 
     result = run(run_algorithm.fn(dataminer.block(token_mode=mode), "FAST_ECHO",
                                   {"text": "hi", "times": 2, "uppercase": True, "tags": ["x", "y"], "scale": 0.5},
@@ -83,7 +92,7 @@ def test_literal_algorithm_with_each_token_mode(dataminer, tmp_path, mode):
 
 
 def test_files_by_url_and_reference_and_the_token_stays_home(dataminer, tmp_path):
-    from tasks.dataminer import run_algorithm
+    from prefect_egi.tasks import run_algorithm
 
     table = tmp_path / "in.csv"
     table.write_text("a,b\n1,2\n3,4\n")
@@ -107,7 +116,7 @@ def test_files_by_url_and_reference_and_the_token_stays_home(dataminer, tmp_path
 
 
 def test_server_side_failure_and_crash_carry_the_server_text(dataminer, tmp_path):
-    from tasks.dataminer import run_algorithm
+    from prefect_egi.tasks import run_algorithm
 
     with pytest.raises(DataMinerExecutionFailed) as failed:
         run(run_algorithm.fn(dataminer.block(), "ALWAYS_FAILS", {}, destination=str(tmp_path), policy=FAST))
@@ -117,7 +126,7 @@ def test_server_side_failure_and_crash_carry_the_server_text(dataminer, tmp_path
 
 
 def _submit(dataminer, process, inputs):
-    from tasks.dataminer import submit_execution
+    from prefect_egi.tasks.dataminer.tasks import submit_execution
 
     return run(submit_execution(dataminer.block(), process, inputs))
 
@@ -130,7 +139,7 @@ def test_the_default_wait_never_sends_more_status_requests_than_owslib(dataminer
     import math
     import time
 
-    from tasks.dataminer import DATAMINER_WAIT
+    from prefect_egi.tasks import DATAMINER_WAIT
 
     job = _submit(dataminer, "SLOW_COUNTER", {"seconds": seconds, "steps": steps})
     began = time.time()
@@ -199,8 +208,9 @@ def test_server_restarted_mid_job_the_wait_resumes(tmp_path):
 
     from pydantic import SecretStr
 
-    from deployments.sandbox.peers import start_peer
-    from tasks.dataminer import DataMiner, submit_execution
+    from prefect_egi.sandbox.peers import start_peer
+    from prefect_egi.tasks import DataMiner
+    from prefect_egi.tasks.dataminer.tasks import submit_execution
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -247,9 +257,9 @@ def test_server_restarted_mid_job_the_wait_resumes(tmp_path):
 def test_bad_url_and_unreachable_server_are_clear(tmp_path):
     from pydantic import SecretStr
 
-    from tasks.dataminer import DataMiner, describe_process
-    from tasks.http import RetryPolicy
-    from tasks.wps import WPSClient, WPSError
+    from prefect_egi.tasks import DataMiner, WPSError, describe_process
+    from prefect_egi.tasks.dataminer.client import WPSClient
+    from prefect_egi.tasks.http import RetryPolicy
 
     with pytest.raises(ValueError, match="url must be an https:// URL"):
         DataMiner(url="ftp://example.org/wps")
@@ -268,8 +278,9 @@ def test_executions_queued_by_the_server_get_their_inputs_intact(tmp_path):
     bug left it wrapped in CDATA — seen with 50 pipelines at once)."""
     from pydantic import SecretStr
 
-    from deployments.sandbox.peers import start_peer
-    from tasks.dataminer import DataMiner, run_algorithm, submit_execution
+    from prefect_egi.sandbox.peers import start_peer
+    from prefect_egi.tasks import DataMiner, run_algorithm
+    from prefect_egi.tasks.dataminer.tasks import submit_execution
 
     peer = start_peer("dataminer-queue", "dataminer_peer.py", "--parallel", "1")
     try:

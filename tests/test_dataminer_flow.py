@@ -11,10 +11,9 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-from flows.dataminer import dataminer_run
-from tasks.dataminer import execute_process, wait_for_executions
-from tasks.job_ledger import JobLedger, cancel_submissions
-from tasks.remote import JobState, WatchPolicy
+from prefect_egi.flows import dataminer_run
+from prefect_egi.tasks import JobState, WatchPolicy, cancel_submissions, execute_process, wait_for_executions
+from prefect_egi.tasks.job_ledger import JobLedger
 
 pytestmark = pytest.mark.prefect
 
@@ -119,9 +118,8 @@ def test_token_in_query_mode_never_reaches_logs_or_the_database(prefect_db, data
     """Query mode puts the token in every URL; httpx logs every URL at INFO."""
     import logging
 
-    from prefect.logging.handlers import APILogWorker
-
     from conftest import database_bytes
+    from prefect.logging.handlers import APILogWorker
 
     name = saved_block(dataminer, token_mode="query")
     with caplog.at_level(logging.INFO, logger="httpx"):

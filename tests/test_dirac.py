@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tasks.dirac import DiracJob, ExpiredCredentials, kill_jobs, submit
-from tasks.remote import JobState, WatchPolicy, watch
+from prefect_egi.tasks import DiracJob, ExpiredCredentials, JobState, WatchPolicy, kill_jobs, watch
+from prefect_egi.tasks.dirac.tasks import submit
 
 FAST = WatchPolicy(first_interval=0.3, max_interval=1.0)
 
@@ -66,7 +66,7 @@ def test_pages_are_walked_beyond_the_page_size(diracx):
     block = diracx.block()
     ids = run(submit(block, [DiracJob(executable="echo", parameters=list(range(25)))]))
     adapter = block.job_adapter()
-    import tasks.dirac as dirac
+    import prefect_egi.tasks.dirac.adapter as dirac
 
     original = dirac.MAX_PER_PAGE
     dirac.MAX_PER_PAGE = 10
@@ -84,7 +84,7 @@ def test_a_full_last_page_ends_the_walk(diracx):
     ids = run(submit(block, [DiracJob(executable="echo", parameters=list(range(20)))]))
     gone = [max(ids) + 1_000_000 + i for i in range(5)]
     adapter = block.job_adapter()
-    import tasks.dirac as dirac
+    import prefect_egi.tasks.dirac.adapter as dirac
 
     original = dirac.MAX_PER_PAGE
     dirac.MAX_PER_PAGE = 10
@@ -126,7 +126,7 @@ def test_input_sandbox_is_uploaded(diracx, tmp_path):
 
 def test_missing_credentials_file_is_a_clear_error(diracx, tmp_path):
     with pytest.raises(ValueError, match="credentials_path: .* does not exist; run `dirac login`"):
-        diracx.block(credentials_path=str(tmp_path / "nope.json")).credentials_file()
+        diracx.block(credentials_path=str(tmp_path / "nope.json")).client().credentials_file()
 
 
 def test_expired_credentials_without_refresh_are_a_clear_error(diracx, tmp_path):
@@ -148,7 +148,7 @@ def test_two_blocks_for_two_vos_in_one_process(diracx):
     ids_second = run(submit(second, [DiracJob(executable="echo", arguments="second")]))
 
     async def owners(block, ids):
-        async with block.client() as api:
+        async with block.client().session() as api:
             rows = await api.jobs.search(parameters=["JobID", "Owner", "VO", "OwnerGroup"],
                                          search=[{"parameter": "JobID", "operator": "in", "values": ids}])
         return {(r["Owner"], r["VO"], r["OwnerGroup"]) for r in rows}
@@ -160,8 +160,9 @@ def test_two_blocks_for_two_vos_in_one_process(diracx):
 def test_outputs_and_resubmission(diracx, tmp_path):
     import uuid
 
-    from deployments.sandbox.dirac_pilot import BatchPilot
-    from tasks.dirac import collect, resubmit
+    from prefect_egi.sandbox.dirac_pilot import BatchPilot
+    from prefect_egi.tasks.dirac.outputs import collect_outputs as collect
+    from prefect_egi.tasks.dirac.tasks import resubmit
 
     group = f"g-{uuid.uuid4().hex[:6]}"
     block = diracx.block()
@@ -179,10 +180,10 @@ def test_outputs_and_resubmission(diracx, tmp_path):
     finally:
         pilot.stop()
     done = ids[1:] + [replacement]
-    outputs = run(collect(block, done, tmp_path / "out"))
+    outputs = run(collect(block.client(), done, tmp_path / "out"))
     assert all(o.files == ["result.txt"] for o in outputs)
     assert (tmp_path / "out" / str(replacement) / "result.txt").read_text() == f"job {replacement} run 1\n"
-    (missing,) = run(collect(block, [ids[0]], tmp_path / "out"))
+    (missing,) = run(collect(block.client(), [ids[0]], tmp_path / "out"))
     assert missing.path is None and missing.note == "no output sandbox"
 
 
@@ -190,9 +191,9 @@ def test_server_restarted_mid_wait_the_wait_resumes(tmp_path):
     import socket
     import threading
 
-    from deployments.sandbox.dirac_pilot import Pilot
-    from deployments.sandbox.peers import start_peer
-    from tasks.dirac import DiracX
+    from prefect_egi.sandbox.dirac_pilot import Pilot
+    from prefect_egi.sandbox.peers import start_peer
+    from prefect_egi.tasks import DiracX
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -237,13 +238,13 @@ def test_a_refresh_token_becomes_a_private_credentials_file(diracx):
 
     from pydantic import SecretStr
 
-    from tasks.redaction import redact
+    from prefect_egi.tasks.redaction import redact
 
     token = "diracx-refresh-token-for-a-test-0123456789"
     block = diracx.block(credentials_path=None, refresh_token=SecretStr(token))
-    path = block.credentials_file()
+    path = block.client().credentials_file()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert json.loads(path.read_text()) == {"access_token": "", "refresh_token": token, "expires_on": 0}
-    assert block.credentials_file() == path  # one file per block object
+    assert block.client().credentials_file() == path  # one file per block object
     assert redact(f"refresh={token}") == "refresh=***"
     assert token not in repr(block)

@@ -8,8 +8,7 @@ import uuid
 import pytest
 from prefect import flow
 
-from tasks.dirac import DiracJob, submit_jobs, wait_for_jobs
-from tasks.remote import WatchPolicy
+from prefect_egi.tasks import DiracJob, WatchPolicy, submit_jobs, wait_for_jobs
 
 pytestmark = pytest.mark.prefect
 
@@ -37,8 +36,8 @@ def test_a_retried_flow_does_not_submit_the_batch_twice(prefect_db, diracx):
 
 
 def test_batch_flow_resubmits_failures_collects_outputs_and_reports(prefect_db, diracx, tmp_path):
-    from deployments.sandbox.dirac_pilot import BatchPilot
-    from flows.dirac import dirac_batch
+    from prefect_egi.flows import dirac_batch
+    from prefect_egi.sandbox.dirac_pilot import BatchPilot
 
     name = f"dx-{uuid.uuid4().hex[:8]}"
     diracx.block().save(name, overwrite=True)
@@ -73,8 +72,8 @@ def test_batch_flow_resubmits_failures_collects_outputs_and_reports(prefect_db, 
 
 
 def test_batch_flow_reports_jobs_that_keep_failing(prefect_db, diracx, tmp_path):
-    from deployments.sandbox.dirac_pilot import BatchPilot
-    from flows.dirac import dirac_batch
+    from prefect_egi.flows import dirac_batch
+    from prefect_egi.sandbox.dirac_pilot import BatchPilot
 
     name = f"dx-{uuid.uuid4().hex[:8]}"
     diracx.block().save(name, overwrite=True)
@@ -96,8 +95,8 @@ def test_batch_against_a_pilot_process_that_fails_a_share_of_runs(prefect_db, di
     Done or reported Failed, the counts agree with the pilot's, and nothing is submitted twice."""
     import json
 
-    from deployments.sandbox.peers import start_peer
-    from flows.dirac import dirac_batch
+    from prefect_egi.flows import dirac_batch
+    from prefect_egi.sandbox.peers import start_peer
 
     name = f"dx-{uuid.uuid4().hex[:8]}"
     diracx.block().save(name, overwrite=True)

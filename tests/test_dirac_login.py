@@ -17,9 +17,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from tasks.dirac import DiracJob, submit
-from tasks.dirac_login import DeviceCode, DiracLoginFailed, device_login, dirac_login
-from tasks.remote import JobState, WatchPolicy, watch
+from prefect_egi.tasks import DiracJob, DiracLoginFailed, JobState, WatchPolicy, dirac_login, watch
+from prefect_egi.tasks.dirac.login import DeviceCode, device_login
+from prefect_egi.tasks.dirac.tasks import submit
 
 
 def approve_in_a_browser(code: DeviceCode, delay: float = 0.5) -> threading.Thread:
@@ -41,7 +41,7 @@ def approve_in_a_browser(code: DeviceCode, delay: float = 0.5) -> threading.Thre
 def logged_in_block(diracx, tmp_path, **login):
     block = diracx.block(credentials_path=str(tmp_path / "credentials.json"))
     browsers: list = []
-    path = asyncio.run(device_login(block, poll_seconds=0.5, on_code=lambda c: browsers.append(approve_in_a_browser(c)),
+    path = asyncio.run(device_login(block.client(), poll_seconds=0.5, on_code=lambda c: browsers.append(approve_in_a_browser(c)),
                                     **login))
     browsers[0].join()
     return block, path, browsers[0].outcome
@@ -66,7 +66,7 @@ def test_device_login_end_to_end_through_check_in(diracx, checkin, tmp_path):
     assert len(ids) == 1
 
     async def whoami():
-        async with block.client() as api:
+        async with block.client().session() as api:
             return await api.auth.userinfo()
 
     me = asyncio.run(whoami())
@@ -77,7 +77,7 @@ def test_nobody_approves_the_login_ends_at_the_deadline(diracx, tmp_path):
     block = diracx.block(credentials_path=str(tmp_path / "never.json"))
     shown: list[DeviceCode] = []
     with pytest.raises(DiracLoginFailed, match="not approved within 2 s; run the login again"):
-        asyncio.run(device_login(block, deadline_seconds=2, poll_seconds=0.5, on_code=shown.append))
+        asyncio.run(device_login(block.client(), deadline_seconds=2, poll_seconds=0.5, on_code=shown.append))
     assert shown and shown[0].user_code and shown[0].user_code in shown[0].verification_uri_complete
     assert not (tmp_path / "never.json").exists()
 
@@ -85,7 +85,7 @@ def test_nobody_approves_the_login_ends_at_the_deadline(diracx, tmp_path):
 def test_a_block_with_a_refresh_token_needs_no_login(diracx):
     block = diracx.block(credentials_path=None, refresh_token=SecretStr("x" * 20))
     with pytest.raises(ValueError, match="refresh_token: this DiracX block already has credentials"):
-        asyncio.run(device_login(block))
+        asyncio.run(device_login(block.client()))
 
 
 def test_a_rejected_token_is_refreshed_and_the_wait_continues(diracx, tmp_path):
@@ -113,7 +113,7 @@ def test_a_refresh_token_from_the_login_works_on_a_block(diracx, tmp_path):
     block = diracx.block(credentials_path=None, refresh_token=SecretStr(refresh))
     ids = asyncio.run(submit(block, [DiracJob(executable="/bin/echo", arguments="refreshed")]))
     assert len(ids) == 1
-    private = json.loads(block.credentials_file().read_text())
+    private = json.loads(block.client().credentials_file().read_text())
     assert private["access_token"] and private["refresh_token"] != refresh
 
 
@@ -167,7 +167,7 @@ def test_egi_flows_dirac_login_prints_the_link_and_saves_credentials(diracx, tmp
     import sys
 
     target = tmp_path / "cli-credentials.json"
-    command = [sys.executable, "-m", "flows.cli", "dirac", "login", "--url", diracx.url, "--vo", diracx.vo,
+    command = [sys.executable, "-m", "prefect_egi.flows.cli", "dirac", "login", "--url", diracx.url, "--vo", diracx.vo,
                "--credentials-path", str(target), "--deadline", "60"]
     env = dict(os.environ, PYTHONPATH=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as cli:
@@ -185,7 +185,7 @@ def test_egi_flows_dirac_login_prints_the_link_and_saves_credentials(diracx, tmp
 def test_egi_flows_dirac_login_needs_a_server_and_a_vo():
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from prefect_egi.flows.cli import app
 
     result = CliRunner().invoke(app, ["dirac", "login", "--vo", "biomed"])
     assert result.exit_code == 2 and "Give --block NAME, or --url and --vo." in result.output

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from deployments.sandbox.fault_proxy import FaultProxy
-from deployments.sandbox.peers import start_peer
+from prefect_egi.sandbox.fault_proxy import FaultProxy
+from prefect_egi.sandbox.peers import start_peer
 
 SMALL = b'{"ok": true, "service": "upstream"}'
 CHUNKS = [b"alpha-", b"beta-" * 300, b"gamma"]

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 from pydantic import SecretStr
 
-from deployments.sandbox.fault_proxy import FaultProxy
-from tasks.dataminer import DataMiner
+from prefect_egi.sandbox.fault_proxy import FaultProxy
+from prefect_egi.tasks import DataMiner
 
 pytestmark = [pytest.mark.prefect, pytest.mark.system]
 
@@ -51,9 +51,9 @@ DIRAC_FAULTS = [
 def run_dirac_batch(diracx, proxy, url, rules, folder, jobs: int):
     """The `dirac-batch` flow through `proxy` (with `rules`) while a pilot runs the jobs;
     returns the final state, the proxy's counters and the number of jobs the server gained."""
-    from deployments.sandbox.dirac_pilot import BatchPilot
-    from flows.dirac import dirac_batch
-    from tasks.dirac import DiracJob, DiracX
+    from prefect_egi.flows import dirac_batch
+    from prefect_egi.sandbox.dirac_pilot import BatchPilot
+    from prefect_egi.tasks import DiracJob, DiracX
 
     proxy.reset()
     proxy.set_rules(rules, seed=7)
@@ -109,8 +109,9 @@ def proxied_dataminer():
     """A DataMiner peer whose public URL is a fault proxy in front of it, as a real front would
     be: status locations and output references point through the proxy too."""
     from conftest import DataMinerPeer
-    from deployments.sandbox.peers import start_peer
     from prefect_stack import free_port
+
+    from prefect_egi.sandbox.peers import start_peer
 
     port = free_port()
     proxy = FaultProxy(f"http://127.0.0.1:{port}").start()
@@ -121,7 +122,7 @@ def proxied_dataminer():
 
 
 def test_dataminer_flow_completes_through_a_faulty_network_executing_once(prefect_db, proxied_dataminer, tmp_path):
-    from flows.dataminer import dataminer_run
+    from prefect_egi.flows import dataminer_run
 
     table = tmp_path / "t.csv"
     table.write_text("x,y\n1,10\n2,20\n3,30\n")
@@ -150,7 +151,7 @@ def test_a_lost_execute_answer_is_never_sent_again(prefect_db, proxied_dataminer
     The task fails saying so, and the flow's retry refuses to execute a second time."""
     from prefect import flow
 
-    from tasks.dataminer import execute_process
+    from prefect_egi.tasks import execute_process
 
     dataminer, proxy = proxied_dataminer
     executed = dataminer.stats().get("post-execute", 0)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.fedcloud import Site, load_site_configs, normalise, project_matches, site_from_config
+from prefect_egi.tasks import Site
+from prefect_egi.tasks.fedcloud.client import load_site_configs, normalise, project_matches, site_from_config
 
 DATA = Path(__file__).parent / "data" / "site-config"
 

@@ -9,9 +9,9 @@ import asyncio
 
 import pytest
 
-from deployments.sandbox.fault_proxy import FaultProxy  # noqa: F401 (type of the proxy)
-from tasks import job_ledger
-from tasks.job_ledger import JobLedger, Submission
+from prefect_egi.sandbox.fault_proxy import FaultProxy  # noqa: F401 (type of the proxy)
+from prefect_egi.tasks import job_ledger
+from prefect_egi.tasks.job_ledger import JobLedger, Submission
 
 pytestmark = pytest.mark.prefect
 

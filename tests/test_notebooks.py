@@ -8,8 +8,16 @@ import re
 import pytest
 from pydantic import SecretStr
 
-from tasks.hub_api import HubError, HubTokenRejected
-from tasks.notebooks import NotebooksHub, hub_user, hub_users, hub_version, start_server, stop_server
+from prefect_egi.tasks import (
+    HubError,
+    HubTokenRejected,
+    NotebooksHub,
+    hub_user,
+    hub_users,
+    hub_version,
+    start_server,
+    stop_server,
+)
 
 
 def hub(notebooks, checkin, user: str = "alice", **fields) -> NotebooksHub:
@@ -52,7 +60,7 @@ def test_a_named_server_with_options(notebooks, checkin):
 
 
 def test_a_start_that_does_not_finish_in_time_is_a_clear_error(notebooks, checkin):
-    from tasks.notebooks import ServerWaitFailed
+    from prefect_egi.tasks import ServerWaitFailed
 
     block = hub(notebooks, checkin, "bob")
     with pytest.raises(ServerWaitFailed, match="bob's server slow is not ready"):
@@ -63,7 +71,7 @@ def test_a_start_that_does_not_finish_in_time_is_a_clear_error(notebooks, checki
 def test_an_expired_token_is_named_in_the_error(notebooks, checkin):
     import time
 
-    from tasks.checkin import CheckinCredentials
+    from prefect_egi.tasks import CheckinCredentials
 
     token = checkin.login(access_token_lifetime=1)["access_token"]
     credentials = CheckinCredentials(issuer=checkin.issuer, access_token=SecretStr(token), use_environment=False,
@@ -112,7 +120,7 @@ def test_the_server_flow_is_a_plain_call(prefect_db, notebooks, checkin):
     """No coroutine: the flow gives its result in a script and under a running loop (a notebook cell)."""
     import uuid
 
-    from flows.notebooks import notebooks_server
+    from prefect_egi.flows import notebooks_server
 
     name = f"hub-{uuid.uuid4().hex[:8]}"
     hub(notebooks, checkin, "bob").save(name, overwrite=True)

@@ -14,7 +14,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from deployments.sandbox.peers import PeerProcess
+from prefect_egi.sandbox.peers import PeerProcess
 
 
 @pytest.fixture

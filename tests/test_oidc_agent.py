@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from tasks.checkin import CheckinCredentials, NoTokenError, TokenProvider
-from tasks.checkin.sources import ExplicitToken, OidcAgentSource
+from prefect_egi.tasks import CheckinCredentials, NoTokenError, TokenProvider
+from prefect_egi.tasks.checkin.sources import ExplicitToken, OidcAgentSource
 
 REQUIRED = os.environ.get("EGI_REQUIRE_OIDC_AGENT") == "1"  # .ci/run installs it and sets this
 
@@ -55,7 +55,7 @@ def test_token_comes_from_a_running_oidc_agent(oidc_agent, checkin, tmp_path):
 
 
 def test_unknown_account_is_a_clear_reason(oidc_agent):
-    from tasks.checkin.sources import SourceUnavailable
+    from prefect_egi.tasks.checkin.sources import SourceUnavailable
 
     with pytest.raises(SourceUnavailable, match="oidc-agent refused"):
         OidcAgentSource("no-such-account").fetch()

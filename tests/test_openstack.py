@@ -10,8 +10,8 @@ import uuid
 import pytest
 from conftest import ACCESS, ACCESS_PROJECT, SERVERS
 
-from tasks.fedcloud import Site, SitePool, site_servers
-from tasks.openstack import FedCloud, vm_inventory
+from prefect_egi.tasks import FedCloud, Site, vm_inventory
+from prefect_egi.tasks.fedcloud.client import SitePool, site_servers
 
 
 def sites(peer, configured: bool = True) -> list[Site]:
@@ -111,7 +111,7 @@ def test_inventory_flow_shows_a_table_and_a_site_summary(prefect_db, openstack, 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.inventory import fedcloud_vm_inventory
+    from prefect_egi.flows import fedcloud_vm_inventory
 
     block = fedcloud(openstack, checkin)
     name = f"fc-{uuid.uuid4().hex[:8]}"
@@ -138,7 +138,7 @@ def test_inventory_flow_shows_a_table_and_a_site_summary(prefect_db, openstack, 
 def test_the_egi_documentation_snippet_shape_through_our_task(openstack, checkin):
     """EGI's snippet: OidcAccessToken(auth_url, "egi.eu", "openid", project_id, token) → Session →
     novaclient.servers.list() — the same four values, given inline to our task."""
-    from tasks.openstack import list_servers
+    from prefect_egi.tasks import list_servers
 
     auth_url = openstack.info["sites"]["CESNET-MCC"]["auth_url"]
     block = FedCloud(checkin=checkin.credentials(), site_config_dirs=[], sites=[

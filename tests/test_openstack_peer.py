@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 import httpx
 import pytest
+from conftest import ACCESS, ACCESS_PROJECT, SERVERS
 from joserfc import jwt
 from joserfc.jwk import KeySet, OctKey, RSAKey
 from keystoneauth1 import exceptions as ks_exceptions
@@ -21,10 +22,9 @@ from novaclient import api_versions
 from novaclient import client as nova_client
 from novaclient import exceptions as nova_exceptions
 
-from deployments.sandbox.openstack_peer import Jwks
-from deployments.sandbox.peers import start_peer
+from prefect_egi.sandbox.openstack_peer import Jwks
+from prefect_egi.sandbox.peers import start_peer
 
-from conftest import ACCESS, ACCESS_PROJECT, SERVERS
 CERTS = "GET /auth/realms/egi/protocol/openid-connect/certs"
 
 

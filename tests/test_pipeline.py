@@ -8,10 +8,8 @@ import uuid
 import pytest
 from conftest import ACCESS, ACCESS_PROJECT, SERVERS
 
-from flows.pipeline import GridJobs, Summary, WorkItems, egi_pipeline
-from tasks.dirac import DiracJob
-from tasks.fedcloud import Site
-from tasks.openstack import FedCloud
+from prefect_egi.flows import GridJobs, Summary, WorkItems, egi_pipeline
+from prefect_egi.tasks import DiracJob, FedCloud, Site
 
 pytestmark = pytest.mark.prefect
 
@@ -50,7 +48,7 @@ def artifacts_of(flow_run_id) -> dict:
 def test_the_pipeline_chains_every_service(blocks, checkin, dataminer, diracx, tmp_path, prefect_db):
     from conftest import database_bytes
 
-    from deployments.sandbox.dirac_pilot import BatchPilot
+    from prefect_egi.sandbox.dirac_pilot import BatchPilot
 
     group = f"pipe-{uuid.uuid4().hex[:6]}"
     seen: list[int] = []
@@ -80,7 +78,7 @@ def test_the_pipeline_chains_every_service(blocks, checkin, dataminer, diracx, t
 
 
 def checkin_token(blocks) -> str:
-    from tasks import CheckinCredentials
+    from prefect_egi.tasks import CheckinCredentials
 
     return CheckinCredentials.load(blocks["checkin_block"]).refresh_token.get_secret_value()
 
@@ -92,7 +90,7 @@ def test_a_retried_pipeline_run_skips_the_stages_it_finished(blocks, dataminer, 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from deployments.sandbox.dirac_pilot import BatchPilot
+    from prefect_egi.sandbox.dirac_pilot import BatchPilot
 
     group = f"retry-{uuid.uuid4().hex[:6]}"
     # the summary's Execute fails on the server (a 500: an answer, not a refusal by a front — a 503

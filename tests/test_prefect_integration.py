@@ -9,13 +9,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import database_bytes
 from prefect import flow, get_run_logger, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
-from conftest import database_bytes
 from pydantic import SecretStr
 
-from tasks import CheckinCredentials, aget_checkin_token, get_checkin_token, redact_errors
+from prefect_egi.tasks import CheckinCredentials, aget_checkin_token, get_checkin_token, redact_errors
 
 pytestmark = pytest.mark.prefect
 
@@ -140,7 +140,7 @@ def test_a_flow_that_leaks_the_token_leaves_no_trace(prefect_db, checkin, capfd)
 
 
 def _registered_secrets() -> list[str]:
-    from tasks import redaction
+    from prefect_egi.tasks import redaction
 
     return list(redaction._ordered)
 
@@ -179,7 +179,7 @@ def _grep_tree(root: Path, needle: str) -> list[Path]:
 def test_identity_flow_publishes_who_not_the_token(prefect_db, checkin):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    from flows.identity import egi_identity
+    from prefect_egi.flows import egi_identity
 
     name = save_block(checkin)
     state = egi_identity(name, return_state=True)
@@ -197,7 +197,7 @@ def test_identity_flow_publishes_who_not_the_token(prefect_db, checkin):
 
 
 def test_identity_flow_names_a_missing_block(prefect_db):
-    from flows.identity import egi_identity
+    from prefect_egi.flows import egi_identity
 
     state = egi_identity("no-such-block", return_state=True)
     assert state.is_failed()
@@ -232,7 +232,7 @@ def test_blocks_load_and_save_as_values_under_a_running_loop(prefect_db, checkin
     import asyncio
     import uuid
 
-    from tasks import DataMiner, DiracX, FedCloud, NotebooksHub
+    from prefect_egi.tasks import DataMiner, DiracX, FedCloud, NotebooksHub
 
     name = f"cell-{uuid.uuid4().hex[:8]}"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from tasks.checkin import (
+from prefect_egi.tasks import (
     CheckinCredentials,
     IssuerUnreachableError,
     MalformedTokenError,
@@ -25,8 +25,8 @@ from tasks.checkin import (
     TokenVerificationError,
     parse_token,
 )
-from tasks.checkin.sources import OidcAgentSource, RefreshTokenSource, TokenFile
-from tasks.http import RetryPolicy
+from prefect_egi.tasks.checkin.sources import OidcAgentSource, RefreshTokenSource, TokenFile
+from prefect_egi.tasks.http import RetryPolicy
 
 FAST_RETRY = RetryPolicy(attempts=3, backoff=0.05, max_backoff=0.1)
 
@@ -341,7 +341,7 @@ def test_oidc_agent_is_skipped_with_a_clear_reason(monkeypatch):
 
 
 def _reason(source) -> str:
-    from tasks.checkin.sources import SourceUnavailable
+    from prefect_egi.tasks.checkin.sources import SourceUnavailable
 
     with pytest.raises(SourceUnavailable) as caught:
         source.fetch()
@@ -350,7 +350,7 @@ def _reason(source) -> str:
 
 def test_provider_is_usable_without_prefect_blocks(checkin):
     """Layer 1 stands alone: a provider built from sources, no block."""
-    from tasks.checkin.sources import ExplicitToken
+    from prefect_egi.tasks.checkin.sources import ExplicitToken
 
     raw = checkin.login()["access_token"]
     provider = TokenProvider([ExplicitToken(raw)], margin=30)

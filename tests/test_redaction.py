@@ -9,15 +9,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tasks.checkin.errors import NoTokenError, SourceAttempt, TokenEndpointError, TokenExpiredError
-from tasks.redaction import (
-    MASK,
-    install_log_redaction,
-    redact,
-    redact_errors,
-    redact_exception,
-    register_secret,
-)
+from prefect_egi.tasks import NoTokenError, TokenEndpointError, TokenExpiredError, redact_errors, register_secret
+from prefect_egi.tasks.checkin.errors import SourceAttempt
+from prefect_egi.tasks.redaction import MASK, install_log_redaction, redact, redact_exception
 
 
 @pytest.fixture

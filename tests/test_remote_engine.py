@@ -9,16 +9,16 @@ import math
 import httpx
 import pytest
 
-from tasks.remote import (
+from prefect_egi.tasks import (
     JobState,
     JobStatus,
     RemoteJobAdapter,
     WatchDeadlineExceeded,
     WatchGaveUp,
     WatchPolicy,
-    overall_progress,
     watch,
 )
+from prefect_egi.tasks.remote import overall_progress
 
 
 class VirtualTime:

@@ -13,7 +13,7 @@ import asyncio
 
 import pytest
 
-from tasks.dirac_submission import SendWindow
+from prefect_egi.tasks.dirac.submission import SendWindow
 
 CALL = 0.04  # seconds of server work per call (large against a busy machine's timer jitter)
 

@@ -11,17 +11,24 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from conftest import ACCESS, ACCESS_PROJECT, REPO
 from pydantic import SecretStr
 
-from conftest import ACCESS, ACCESS_PROJECT, REPO
-from deployments.sandbox.peers import start_peer
-from tasks.checkin import CheckinCredentials, CheckinError, OidcClient
-from tasks.dataminer import DataMiner, list_processes
-from tasks.dirac import DiracX
-from tasks.fedcloud import Site
-from tasks.http import RetryPolicy, tls_verify
-from tasks.notebooks import NotebooksHub, hub_version
-from tasks.openstack import FedCloud, vm_inventory
+from prefect_egi.sandbox.peers import start_peer
+from prefect_egi.tasks import (
+    CheckinCredentials,
+    CheckinError,
+    DataMiner,
+    DiracX,
+    FedCloud,
+    NotebooksHub,
+    OidcClient,
+    Site,
+    hub_version,
+    list_processes,
+    vm_inventory,
+)
+from prefect_egi.tasks.http import RetryPolicy, tls_verify
 
 CERTIFICATE = "(?i)certificate"
 
@@ -56,7 +63,7 @@ def test_issuer_works_with_its_ca_bundle(tls_peer, certificate):
 @pytest.fixture
 def tls_front(certificate):
     """`front(url)`: the same URL served over https by a TLS-terminating proxy (self-signed)."""
-    from deployments.sandbox.fault_proxy import FaultProxy
+    from prefect_egi.sandbox.fault_proxy import FaultProxy
 
     proxies = []
 
@@ -90,7 +97,7 @@ def test_diracx_over_tls(diracx, tls_front, certificate):
     url = tls_front(diracx.url)
 
     async def whoami(block):
-        return await block.job_adapter().call(lambda api: api.auth.userinfo())
+        return await block.client().call(lambda api: api.auth.userinfo())
 
     def block(**tls):
         return DiracX(url=url, vo=diracx.vo, group=diracx.group, credentials_path=diracx.credentials, **tls)

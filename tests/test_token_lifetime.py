@@ -38,10 +38,8 @@ def test_a_two_minute_wait_on_30_second_tokens(prefect_db, slow_spawn, checkin, 
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    from flows.notebooks import notebooks_server
-    from tasks.checkin.oidc import OidcClient
-    from tasks.checkin.tokens import parse_token
-    from tasks.notebooks import NotebooksHub, stop_server
+    from prefect_egi.flows import notebooks_server
+    from prefect_egi.tasks import NotebooksHub, OidcClient, parse_token, stop_server
 
     notebooks = slow_spawn
     issued: list[str] = []  # every access and refresh token the token endpoint handed us

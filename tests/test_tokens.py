@@ -9,8 +9,8 @@ import time
 import pytest
 from pydantic import SecretStr
 
-from tasks.checkin import MalformedTokenError, parse_token
-from tasks.checkin.tokens import vos_from_entitlements
+from prefect_egi.tasks import MalformedTokenError, parse_token
+from prefect_egi.tasks.checkin.tokens import vos_from_entitlements
 
 
 def unsigned_jwt(claims: dict, header: dict | None = None) -> str:

@@ -27,8 +27,7 @@ ARTIFACTS = ["egi-pipeline", "vm-inventory", "type:progress"]
 def fedcloud_block(openstack, checkin):
     """The `fedcloud` block the deployment names: the peer's sites inline (CESNET's project id
     known, the rest found by name or failing), Alice's Check-in refresh token."""
-    from tasks.fedcloud import Site
-    from tasks.openstack import FedCloud
+    from prefect_egi.tasks import FedCloud, Site
 
     sites = [Site(name=name, endpoint=info["auth_url"],
                   projects={ACCESS: ACCESS_PROJECT} if name == "CESNET-MCC" else {})
@@ -44,7 +43,7 @@ def test_the_deployed_pipeline_shows_its_logs_and_artifacts_in_the_ui(tmp_path, 
                                                                       diracx):
     import uuid
 
-    from deployments.sandbox.dirac_pilot import BatchPilot
+    from prefect_egi.sandbox.dirac_pilot import BatchPilot
 
     credentials = checkin.credentials("alice")
     blocks = {"egi-checkin": credentials, "dataminer": dataminer.block(), "diracx": diracx.block(),

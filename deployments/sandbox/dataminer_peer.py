@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 DEFAULT_TOKEN = "gcube-0a1b2c3d-4e5f-6789-abcd-ef0123456789-843339462"
 STATUS_PATTERN = re.compile(rb'statusLocation="[^"]*/outputs/([0-9a-f-]{36})\.xml"')
@@ -285,7 +284,7 @@ def fork_executions_from_a_clean_process(config: Path) -> None:
     import pywps.processing.basic
 
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["pywps", "dataminer_processes"])
+    context.set_forkserver_preload(["pywps", "prefect_egi.sandbox.dataminer_processes"])
 
     class ForkServerProcessing(pywps.processing.basic.MultiProcessing):
         def start(self) -> None:
@@ -302,7 +301,7 @@ def run_execution(config: str, identifier: str, uuid: str, request_json: str) ->
     from pywps.app.WPSRequest import WPSRequest
     from pywps.response.execute import ExecuteResponse
 
-    from dataminer_processes import processes
+    from prefect_egi.sandbox.dataminer_processes import processes
 
     keep_queued_inputs_intact()
     outlast_a_busy_log_database()
@@ -353,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     outlast_a_busy_log_database()
     fork_executions_from_a_clean_process(config)
 
-    from dataminer_processes import processes
+    from prefect_egi.sandbox.dataminer_processes import processes
 
     service = Service(processes(), [str(config)])
     holder["app"] = make_front(service, state, outputs, base_url)

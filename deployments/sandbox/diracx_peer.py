@@ -38,7 +38,7 @@ from pathlib import Path
 
 import httpx
 
-from peers import PORT_TAKEN
+from prefect_egi.sandbox.peers import PORT_TAKEN
 
 
 SEARCH_LOG = "DIRACX_PEER_SEARCH_LOG"  # where `recording_app` appends the searches
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.Popen([bin_path("moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], env=env,
                          stdout=(logs / "moto.log").open("ab"), stderr=subprocess.STDOUT),
         subprocess.Popen([python, "-m", "uvicorn", "--factory", *(
-                            ["--app-dir", str(Path(__file__).resolve().parent), "diracx_peer:recording_app"]
+                            ["prefect_egi.sandbox.diracx_peer:recording_app"]
                             if args.record_searches else ["diracx.testing.routers:create_app"]),
                           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
                          env=env | ({SEARCH_LOG: str(Path(args.record_searches).resolve())}

@@ -67,7 +67,6 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import GuestProtocol, KeySet
 
-SANDBOX = Path(__file__).resolve().parent
 PREFIX = "/services/jwt"
 SERVICE = "jwt"  # the front is this hub service, as on notebooks.egi.eu
 FRONT_SCOPES = ["list:users", "read:users", "admin:users", "tokens", "servers"]
@@ -415,8 +414,8 @@ def main(argv: list[str] | None = None) -> None:
                 "service_token": service_token, "admin": args.admin, "spawn_seconds": args.spawn_seconds,
                 "slow_spawn_timeout": args.slow_spawn_timeout}
     config = workdir / "jupyterhub_config.py"
-    config.write_text(f"import json, sys\nsys.path.insert(0, {str(SANDBOX)!r})\n"
-                      f"from notebooks_peer import configure_hub\n"
+    config.write_text(f"import json\n"
+                      f"from prefect_egi.sandbox.notebooks_peer import configure_hub\n"
                       f"configure_hub(c, **json.loads({json.dumps(settings)!r}))\n")
     log = workdir / "jupyterhub.log"
     hub: subprocess.Popen[bytes] | None = None

@@ -1,6 +1,7 @@
 """Start and stop the sandbox's peers as real processes on 127.0.0.1.
 
-Each peer is a script that binds a free port and prints one JSON line (its
+Each peer is a module of `prefect_egi.sandbox`, run as `python -m prefect_egi.sandbox.<peer>`
+(named here by its file, e.g. `checkin_peer.py`), that binds a free port and prints one JSON line (its
 URLs and whatever a client needs) on stdout, then serves until terminated.
 Peers run in their own process group so that stopping one stops everything it
 started. Used by the tests' fixtures and by `egi-flows sandbox`.
@@ -21,7 +22,6 @@ from typing import Any
 
 import httpx
 
-SANDBOX = Path(__file__).resolve().parent
 # Exit status of a peer whose port, chosen free, was taken before it could bind it.
 PORT_TAKEN = 75
 
@@ -68,7 +68,8 @@ class PeerProcess:
 
 def start_peer(name: str, script: str, *args: str, timeout: float = 30.0, env: dict[str, str] | None = None,
                attempts: int = 3) -> PeerProcess:
-    """Run `sandbox/<script>` with `args`; wait for its JSON announcement line. A peer
+    """Run the peer module `script` names (`checkin_peer.py` → `python -m prefect_egi.sandbox.checkin_peer`)
+    with `args`; wait for its JSON announcement line. A peer
     that lost its port to another process (exit status PORT_TAKEN) is started again."""
     for attempt in range(1, attempts + 1):
         try:
@@ -85,7 +86,7 @@ class PortTaken(RuntimeError):
 
 def _start_peer(name: str, script: str, *args: str, timeout: float, env: dict[str, str] | None) -> PeerProcess:
     process = subprocess.Popen(
-        [sys.executable, str(SANDBOX / script), *args],
+        [sys.executable, "-m", f"{__package__}.{Path(script).stem}", *args],
         stdout=subprocess.PIPE,
         stderr=None,
         text=True,

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from deployments.sandbox.peers import PeerProcess, start_peer
+from prefect_egi.sandbox.peers import PeerProcess, start_peer
 
 VO = "vo.access.egi.eu"
 GROUP = "access_user"
@@ -50,7 +50,7 @@ class Sandbox:
 
     def start(self) -> dict[str, Any]:
         """Start every peer (those that do not depend on each other at once); return `info()`."""
-        from deployments.sandbox.checkin_peer import DEFAULT_USERS
+        from prefect_egi.sandbox.checkin_peer import DEFAULT_USERS
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
@@ -102,8 +102,7 @@ def save_blocks(info: dict[str, Any]) -> dict[str, str]:
     import httpx
     from pydantic import SecretStr
 
-    from tasks import CheckinCredentials, DataMiner, DiracX, FedCloud, NotebooksHub
-    from tasks.fedcloud import Site
+    from prefect_egi.tasks import CheckinCredentials, DataMiner, DiracX, FedCloud, NotebooksHub, Site
 
     checkin = info["checkin"]
     login = httpx.post(f"{checkin['url']}/_peer/login", json={"user": "alice"}, timeout=10).json()

@@ -1,19 +1,20 @@
-"""The `CheckinCredentials` block and the task that hands its token to a flow."""
+"""The `CheckinCredentials` block: where an EGI Check-in access token comes from.
+
+Its client is the token provider (`prefect_egi.tasks.checkin.provider.TokenProvider`);
+the tasks that hand its token to a flow are in `prefect_egi.tasks.checkin.tasks`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
-from tasks.block_base import EgiBlock
-from tasks.checkin.errors import IssuerUnreachableError
-from tasks.checkin.identity import Identity, identify
-from tasks.checkin.oidc import DEFAULT_SCOPE, EGI_CHECKIN_ISSUER, OidcClient
-from tasks.checkin.provider import DEFAULT_MARGIN_SECONDS, TokenProvider
-from tasks.checkin.sources import (
+from prefect_egi.tasks.block_base import EgiBlock
+from prefect_egi.tasks.checkin.identity import Identity, identify
+from prefect_egi.tasks.checkin.oidc import DEFAULT_SCOPE, EGI_CHECKIN_ISSUER, OidcClient
+from prefect_egi.tasks.checkin.provider import DEFAULT_MARGIN_SECONDS, TokenProvider
+from prefect_egi.tasks.checkin.sources import (
     ENVIRONMENT_VARIABLES,
     NOTEBOOK_TOKEN_FILES,
     EnvironmentToken,
@@ -23,9 +24,9 @@ from tasks.checkin.sources import (
     TokenFile,
     TokenSource,
 )
-from tasks.checkin.tokens import AccessToken
-from tasks.http import require_https, tls_verify
-from tasks.redaction import register_all
+from prefect_egi.tasks.checkin.tokens import AccessToken
+from prefect_egi.tasks.http import require_https, tls_verify
+from prefect_egi.tasks.redaction import register_all
 
 
 class _ProviderSlot:
@@ -127,6 +128,10 @@ class CheckinCredentials(EgiBlock):
             )
         return self._slot.provider
 
+    def client(self) -> TokenProvider:
+        """The block's access-layer client: its token provider (shared cache, one refresh)."""
+        return self.provider
+
     # -- what users call ---------------------------------------------------------------
     def get_token(self) -> AccessToken:
         """The current token with its claims (subject, expiry, VOs)."""
@@ -148,35 +153,3 @@ class CheckinCredentials(EgiBlock):
         """Trade the current access token for a refresh token (RFC 8693), e.g. to save it
         on this block so scheduled flows can run long after the notebook closed."""
         return self.oidc_client().exchange_for_refresh_token(self.get_token().secret)
-
-
-def _retry_when_issuer_unreachable(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry the token task only for an unreachable issuer, never for a bad token or grant."""
-    exc = state.result(raise_on_failure=False)
-    return isinstance(exc, IssuerUnreachableError) or getattr(exc, "transient", False)
-
-
-_TOKEN_TASK_OPTIONS: dict[str, Any] = dict(
-    persist_result=False,  # persisted results are plain pickles on disk: never a token
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[5, 20],
-    retry_condition_fn=_retry_when_issuer_unreachable,
-)
-
-
-@task(name="get-checkin-token", **_TOKEN_TASK_OPTIONS)
-def get_checkin_token(credentials: CheckinCredentials | None = None) -> SecretStr:
-    """A valid Check-in access token as `SecretStr` — never cached or persisted.
-
-    Without a block, the default sources apply (environment, then the notebook's
-    token files). In an async flow use `aget_checkin_token`, which does not block
-    the event loop while a token is refreshed.
-    """
-    return SecretStr((credentials or CheckinCredentials()).get_access_token())
-
-
-@task(name="get-checkin-token", **_TOKEN_TASK_OPTIONS)
-async def aget_checkin_token(credentials: CheckinCredentials | None = None) -> SecretStr:
-    """Async twin of `get_checkin_token`, for `await` in async flows and notebook cells."""
-    return SecretStr(await (credentials or CheckinCredentials()).aget_access_token())

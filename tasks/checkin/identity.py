@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from tasks.checkin.errors import CheckinError
-from tasks.checkin.oidc import OidcClient
-from tasks.checkin.tokens import AccessToken, vos_from_entitlements
+from prefect_egi.tasks.checkin.errors import CheckinError
+from prefect_egi.tasks.checkin.oidc import OidcClient
+from prefect_egi.tasks.checkin.tokens import AccessToken, vos_from_entitlements
 
 
 @dataclass(frozen=True)

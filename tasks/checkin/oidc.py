@@ -16,15 +16,15 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from tasks.checkin.errors import (
+from prefect_egi.tasks.checkin.errors import (
     CheckinError,
     IssuerUnreachableError,
     TokenEndpointError,
     TokenVerificationError,
 )
-from tasks.checkin.tokens import AccessToken, parse_token
-from tasks.http import RetryPolicy, TLSVerificationError, TransientHTTPError, request_with_retries
-from tasks.redaction import register_secret
+from prefect_egi.tasks.checkin.tokens import AccessToken, parse_token
+from prefect_egi.tasks.http import RetryPolicy, TLSVerificationError, TransientHTTPError, request_with_retries
+from prefect_egi.tasks.redaction import register_secret
 
 EGI_CHECKIN_ISSUER = "https://aai.egi.eu/auth/realms/egi"
 DEFAULT_SCOPE = "openid profile eduperson_entitlement offline_access"

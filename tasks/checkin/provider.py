@@ -20,7 +20,7 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from tasks.checkin.errors import (
+from prefect_egi.tasks.checkin.errors import (
     CheckinError,
     IssuerUnreachableError,
     MalformedTokenError,
@@ -28,9 +28,9 @@ from tasks.checkin.errors import (
     SourceAttempt,
     TokenExpiredError,
 )
-from tasks.checkin.oidc import OidcClient
-from tasks.checkin.sources import RefreshTokenSource, SourceUnavailable, TokenSource
-from tasks.checkin.tokens import AccessToken
+from prefect_egi.tasks.checkin.oidc import OidcClient
+from prefect_egi.tasks.checkin.sources import RefreshTokenSource, SourceUnavailable, TokenSource
+from prefect_egi.tasks.checkin.tokens import AccessToken
 
 logger = logging.getLogger("prefect_egi.checkin")
 

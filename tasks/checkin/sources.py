@@ -27,9 +27,9 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from tasks.checkin.oidc import OidcClient, parse_token_response
-from tasks.checkin.tokens import AccessToken, parse_token
-from tasks.redaction import register_secret
+from prefect_egi.tasks.checkin.oidc import OidcClient, parse_token_response
+from prefect_egi.tasks.checkin.tokens import AccessToken, parse_token
+from prefect_egi.tasks.redaction import register_secret
 
 ENVIRONMENT_VARIABLES = ("OIDC_ACCESS_TOKEN", "FEDCLOUD_OIDC_ACCESS_TOKEN")
 NOTEBOOK_TOKEN_FILES = ("/var/run/secrets/egi.eu/access_token", "/var/run/secrets/oidc/access_token")

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from tasks.checkin.errors import MalformedTokenError
+from prefect_egi.tasks.checkin.errors import MalformedTokenError
 
 # Check-in entitlement of a VO member, as fedcloudclient's `token list-vos` reads it:
 # group 1 is the VO, optional sub-groups follow before `role=member`.

@@ -27,9 +27,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from pydantic import SecretStr  # noqa: E402
 
-from deployments.sandbox.peers import start_peer  # noqa: E402
-from tasks.checkin import OidcClient, TokenProvider, parse_token  # noqa: E402
-from tasks.checkin.sources import EnvironmentToken, RefreshTokenSource  # noqa: E402
+from prefect_egi.sandbox.peers import start_peer
+from prefect_egi.tasks import OidcClient, TokenProvider, parse_token
+from prefect_egi.tasks.checkin.sources import EnvironmentToken, RefreshTokenSource
 
 
 def import_seconds(code: str, runs: int = 5) -> float:

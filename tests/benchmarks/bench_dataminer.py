@@ -38,11 +38,12 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from pydantic import SecretStr  # noqa: E402
-
-from deployments.sandbox.peers import start_peer  # noqa: E402
 from sim_pacing import describe_groups, target_groups  # noqa: E402  (this folder is on sys.path)
-from tasks.dataminer import DATAMINER_WAIT, DataMiner, process_id, submit_execution  # noqa: E402
-from tasks.remote import WatchGaveUp, watch  # noqa: E402
+
+from prefect_egi.sandbox.peers import start_peer
+from prefect_egi.tasks import DATAMINER_WAIT, DataMiner, WatchGaveUp, watch
+from prefect_egi.tasks.dataminer.adapter import process_id
+from prefect_egi.tasks.dataminer.tasks import submit_execution
 
 PROCESS = process_id("SLOW_COUNTER")
 

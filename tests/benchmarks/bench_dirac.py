@@ -30,16 +30,16 @@ sys.path.append(str(REPO))
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from deployments.sandbox.dirac_pilot import Pilot  # noqa: E402
-from deployments.sandbox.peers import start_peer  # noqa: E402
-from tasks.dirac import DiracJob, DiracX, submit  # noqa: E402
-from tasks.remote import WatchPolicy, watch  # noqa: E402
+from prefect_egi.sandbox.dirac_pilot import Pilot
+from prefect_egi.sandbox.peers import start_peer
+from prefect_egi.tasks import DiracJob, DiracX, WatchPolicy, watch
+from prefect_egi.tasks.dirac.tasks import submit
 
 JDL = 'Executable = "echo";\nArguments = "{i}";\nJobName = "bench";\nOutputSandbox = {{"std.out"}};'
 
 
 async def raw_chunked(block: DiracX, n: int) -> list[int]:
-    async with block.client() as api:
+    async with block.client().session() as api:
         ids: list[int] = []
         for start in range(0, n, 20):
             inserted = await api.jobs.submit_jdl_jobs([JDL.format(i=i) for i in range(start, min(n, start + 20))])
@@ -48,7 +48,7 @@ async def raw_chunked(block: DiracX, n: int) -> list[int]:
 
 
 async def one_by_one(block: DiracX, n: int) -> list[int]:
-    async with block.client() as api:
+    async with block.client().session() as api:
         return [(await api.jobs.submit_jdl_jobs([JDL.format(i=i)]))[0].job_id for i in range(n)]
 
 
@@ -56,7 +56,7 @@ async def per_job_polling(block: DiracX, ids: list[int], interval: float) -> tup
     """The loop people write: one request per job per cycle. Returns (requests, cycles)."""
     requests = cycles = 0
     pending = set(ids)
-    async with block.client() as api:
+    async with block.client().session() as api:
         while pending:
             cycles += 1
             for job in list(pending):

@@ -34,10 +34,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from pydantic import SecretStr  # noqa: E402
 
-from deployments.sandbox.peers import start_peer  # noqa: E402
-from tasks.checkin import CheckinCredentials  # noqa: E402
-from tasks.fedcloud import Site, SitePool, site_servers  # noqa: E402
-from tasks.openstack import FedCloud, inventory  # noqa: E402
+from prefect_egi.sandbox.peers import start_peer
+from prefect_egi.tasks import CheckinCredentials, FedCloud, Site
+from prefect_egi.tasks.fedcloud.client import SitePool, site_servers
+from prefect_egi.tasks.fedcloud.inventory import inventory
 
 VO = "vo.access.egi.eu"
 ONE_SITE = """

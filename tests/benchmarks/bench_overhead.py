@@ -116,7 +116,7 @@ def drain_prefect() -> None:
 
 
 def ours(destination: Path) -> tuple[float, object]:
-    from flows.pipeline import egi_pipeline
+    from prefect_egi.flows import egi_pipeline
 
     started = time.perf_counter()
     state = egi_pipeline(destination=str(destination), return_state=True)
@@ -130,11 +130,16 @@ def ours(destination: Path) -> tuple[float, object]:
 
 def baseline(templates: dict, destination: Path) -> tuple[float, object]:
     """The flow body's stages through `.fn`, the service tasks they call through `.fn`."""
-    from flows import dirac as dirac_flow
-    from flows import pipeline
-    from tasks.dataminer import run_algorithm
-    from tasks.dirac import fetch_job_outputs, resubmit_jobs, submit_jobs, wait_for_jobs
-    from tasks.openstack import vm_inventory
+    from prefect_egi.flows import dirac as dirac_flow
+    from prefect_egi.flows import pipeline
+    from prefect_egi.tasks import (
+        fetch_job_outputs,
+        resubmit_jobs,
+        run_algorithm,
+        submit_jobs,
+        vm_inventory,
+        wait_for_jobs,
+    )
 
     async def stages(credentials, dataminer, diracx, fedcloud):
         work, grid, summary = pipeline.WorkItems(), pipeline.GridJobs(), pipeline.Summary()
@@ -172,8 +177,8 @@ def same_work(report) -> tuple:
 def pipeline_runs(runs: int) -> dict:
     from prefect.testing.utilities import prefect_test_harness
 
-    from deployments.sandbox.stack import Sandbox, save_blocks
-    from tasks import CheckinCredentials, DataMiner, DiracX, FedCloud
+    from prefect_egi.sandbox.stack import Sandbox, save_blocks
+    from prefect_egi.tasks import CheckinCredentials, DataMiner, DiracX, FedCloud
 
     work = Path(HOME)
     sandbox = Sandbox(work / "sandbox", hub=False, failure_rate=0.0)

@@ -34,8 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.append(str(REPO))
 
-from tasks.dataminer import DATAMINER_WAIT  # noqa: E402
-from tasks.remote import JobState, JobStatus, RemoteJobAdapter, watch  # noqa: E402
+from prefect_egi.tasks import DATAMINER_WAIT, JobState, JobStatus, RemoteJobAdapter, watch
 
 REQUEST_SECONDS = 0.004
 OWSLIB_SLEEP = 5.0

@@ -87,7 +87,7 @@ class ScaleConfig:
     worker_limit: int | None = None  # flow runs at once per worker (default: runs / workers, rounded up)
     timeout: float = 1800.0  # for all runs to end
     workdir: Path | None = None  # default: a temporary directory, removed at the end
-    checkout: Path = REPO  # what the workers run ($PREFECT_EGI_CHECKOUT)
+    checkout: Path = REPO  # whose prefect.yaml is deployed (the workers run the installed package)
     keep: bool = False  # keep the work directory (logs, databases) for a look afterwards
     progress: bool = True  # print what happens while it happens
 
@@ -463,10 +463,9 @@ def diracx_jobs(url: str, credentials: str) -> list[dict]:
     """Every job on the server (paged): id, name, status."""
     import asyncio
 
+    from azure.core.exceptions import HttpResponseError
     from diracx.client.aio import AsyncDiracClient
     from diracx.core.preferences import DiracxPreferences
-
-    from azure.core.exceptions import HttpResponseError
 
     async def everything() -> list[dict]:
         rows: list[dict] = []
@@ -524,7 +523,7 @@ def _timestamp(text: str | None) -> float:
 
 def run_scale(config: ScaleConfig) -> ScaleReport:
     """Start everything, run, verify, stop everything; the report."""
-    from deployments.sandbox.stack import VO, Sandbox, save_blocks
+    from prefect_egi.sandbox.stack import VO, Sandbox, save_blocks
 
     say = (lambda *a: print(time.strftime("%H:%M:%S"), *a, flush=True)) if config.progress else (lambda *a: None)
     if config.flow not in DEPLOYMENTS:
@@ -552,7 +551,7 @@ def run_scale(config: ScaleConfig) -> ScaleReport:
             raise ValueError("--database: postgres or sqlite")
 
         checkout = Path(config.checkout).resolve()
-        worker_env = dict(PREFECT_EGI_CHECKOUT=str(checkout), PREFECT_WORKER_QUERY_SECONDS="2",
+        worker_env = dict(PREFECT_WORKER_QUERY_SECONDS="2",
                           PREFECT_WORKER_PREFETCH_SECONDS="10", PREFECT_WORKER_HEARTBEAT_SECONDS="15",
                           NO_PROXY="127.0.0.1,localhost")
         workers: list[tuple[str, Started]] = []
@@ -718,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-limit", type=int, help="flow runs at once per worker (default runs/workers)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds for all runs to end")
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary directory)")
-    parser.add_argument("--checkout", type=Path, default=REPO, help="what the workers run (default: this one)")
+    parser.add_argument("--checkout", type=Path, default=REPO, help="the project whose prefect.yaml is deployed (default: this one)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", type=Path, help="also write the report here as JSON")
     args = parser.parse_args(argv)

@@ -22,6 +22,8 @@ answered 500/503/504 (a front that refused it), so those never reach us as ambig
 How many chunks are in flight at once adapts to the server (`SendWindow`): concurrency
 hides network latency and feeds a server that works on calls in parallel, but a server
 that serialises its writes only makes concurrent calls queue and contend.
+
+No Prefect imports: this is the service-access layer.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from tasks.remote import TransientServiceError
+from prefect_egi.tasks.faults import TransientServiceError
 
 logger = logging.getLogger("prefect_egi.dirac")
 

@@ -24,23 +24,23 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 from pydantic import SecretStr
 
-from tasks.http import (
-    RETRYABLE_ERRORS,
-    TRANSIENT_STATUS,
+from prefect_egi.tasks.faults import TRANSIENT_TRANSPORT, TransientServiceError, describe, is_transient_status
+from prefect_egi.tasks.http import (
     OutcomeUnknown,
     RetryPolicy,
     TransientHTTPError,
     arequest_with_retries,
-    describe_failure,
     is_certificate_failure,
 )
-from tasks.redaction import register_secret
-from tasks.remote import JobState, TransientServiceError
+from prefect_egi.tasks.redaction import register_secret
+from prefect_egi.tasks.remote import JobState
 
 OWS = "http://www.opengis.net/ows/1.1"
 OGR = "http://ogr.maptools.org/"
 D4SCIENCE = "http://www.d4science.org"
 TOKEN_PARAMETER = "gcube-token"
+#: the output in which DataMiner lists the files an algorithm wrote (a feature collection)
+RESULT_FILES_OUTPUT = "non_deterministic_output"
 TokenMode = Literal["header", "query", "basic"]
 
 _STATES = {
@@ -433,7 +433,7 @@ def _exception_text(root: Any) -> str:
 
 @dataclass(frozen=True)
 class ResultFile:
-    """One entry of DataMiner's `non_deterministic_output`."""
+    """One entry of DataMiner's `non_deterministic_output` (`RESULT_FILES_OUTPUT`)."""
 
     description: str
     mime_type: str
@@ -498,6 +498,12 @@ class WPSClient:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+
+    async def __aenter__(self) -> "WPSClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     @staticmethod
     def public_url(url: str) -> str:
@@ -573,7 +579,7 @@ class WPSClient:
         from lxml import etree
         from owslib.wps import ASYNC, WPSExecution
 
-        outputs = [(o.identifier, o.kind == "complex" and o.identifier != "non_deterministic_output", None)
+        outputs = [(o.identifier, o.kind == "complex" and o.identifier != RESULT_FILES_OUTPUT, None)
                    for o in description.outputs]
         request = WPSExecution().buildRequest(description.identifier, list(inputs), output=outputs, mode=ASYNC)
         body = etree.tostring(request, xml_declaration=True, encoding="utf-8")
@@ -597,8 +603,8 @@ class WPSClient:
         wait loop to classify; 401 → `httpx.HTTPStatusError` too (the loop renews)."""
         target, arguments = self._authorize(status_location, {})
         response = await self.http.get(target, **arguments)
-        if response.status_code in (401, 429) or response.status_code >= 500:
-            response.raise_for_status()
+        if response.status_code == 401 or is_transient_status(response.status_code):
+            response.raise_for_status()  # the wait loop renews (401) or backs off
         self._check(response, "status")
         try:
             return parse_status(response.content, status_location)
@@ -623,7 +629,7 @@ class WPSClient:
             total = 0
             target, arguments = self._authorize(url, {})
             async with self.http.stream("GET", target, **arguments) as response:
-                if response.status_code in TRANSIENT_STATUS:
+                if is_transient_status(response.status_code):
                     raise httpx.HTTPStatusError(f"HTTP {response.status_code}", request=response.request,
                                                 response=response)
                 self._check(response, f"download {self.public_url(url)}")
@@ -641,10 +647,10 @@ class WPSClient:
                     await asyncio.sleep(self.retry.delay(attempt - 1))
                 try:
                     return await once()
-                except (*RETRYABLE_ERRORS, httpx.HTTPStatusError) as exc:
+                except (*TRANSIENT_TRANSPORT, httpx.HTTPStatusError) as exc:
                     if is_certificate_failure(exc) or attempt == self.retry.attempts - 1:
                         raise WPSError(f"download {self.public_url(url)} failed {attempt + 1} time(s); last "
-                                       f"failure: {describe_failure(exc)}") from None
+                                       f"failure: {describe(exc)}") from None
 
         try:
             await asyncio.wait_for(stream(), timeout)

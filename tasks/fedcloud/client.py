@@ -1,4 +1,4 @@
-"""EGI FedCloud sites and their VMs: service access, no Prefect here.
+"""EGI FedCloud sites and their VMs: the OpenStack access (Keystone federation + Nova).
 
 A FedCloud site is an OpenStack cloud whose Keystone trusts EGI Check-in: the
 Check-in access token is traded for an unscoped Keystone token
@@ -13,6 +13,8 @@ keystoneauth1's `v3.OidcAccessToken` does the exchange; novaclient lists servers
   discovered once per site.
 - `site_servers()`: one site's VMs as normalised rows, or the reason it failed —
   a site being down must not cost the user the other sites.
+
+No Prefect imports: this is the service-access layer.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from tasks.http import is_certificate_failure, require_https
+from prefect_egi.tasks.http import is_certificate_failure, require_https
 
 #: where fedcloudclient keeps site configuration (same format as fedcloud-catchall-operations)
 SITE_CONFIG_DIR = "~/.config/fedcloud/site-config"
@@ -229,7 +231,7 @@ def project_matches(project: Mapping[str, Any], vo: str) -> bool:
     return name == vo or name == f"vo:{vo}" or bool(re.fullmatch(rf"{re.escape(vo)}[-_:]\w+", name))
 
 
-def classify(site: str, exc: BaseException) -> SiteFailure:
+def site_failure(site: str, exc: BaseException) -> SiteFailure:
     """keystoneauth / novaclient exceptions → what went wrong with the site."""
     from keystoneauth1 import exceptions as ks
 
@@ -276,4 +278,4 @@ def site_servers(pool: SitePool, site: Site, vo: str) -> SiteServers:
         vms = [normalise(site.name, project, server.to_dict(), now) for server in servers]
         return SiteServers(site=site.name, project=project, microversion=nova.api_version.get_string(), vms=vms)
     except Exception as exc:  # every failure of one site is that site's row, not the run's end
-        return SiteServers(site=site.name, failure=classify(site.name, exc))
+        return SiteServers(site=site.name, failure=site_failure(site.name, exc))

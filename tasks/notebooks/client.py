@@ -8,13 +8,15 @@ error as the body (`{"status": 403, "message": …}`), so the body's status is
 the real one. An expired or malformed token is a 401 with an HTML body.
 
 Server start/stop is asynchronous in JupyterHub; waiting for "ready" or
-"stopped" goes through the engine's `watch()` loop (`HubServerAdapter`), like
-every other remote wait in this project.
+"stopped" goes through the engine's `watch()` loop (`adapter.HubServerAdapter`),
+like every other remote wait in this project.
+
+No Prefect imports: this is the service-access layer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -22,8 +24,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, Field
 
-from tasks.http import RetryPolicy, TransientHTTPError, arequest_with_retries
-from tasks.remote import JobState, JobStatus, RemoteJobAdapter, TransientServiceError
+from prefect_egi.tasks.faults import TransientServiceError, is_transient_status
+from prefect_egi.tasks.http import RetryPolicy, TransientHTTPError, arequest_with_retries
 
 DEFAULT_HUB_URL = "https://notebooks.egi.eu/services/jwt"
 
@@ -108,7 +110,7 @@ class HubClient:
             when = f"; it expired at {expiry.isoformat(timespec='seconds')}" if expiry else ""
             raise HubTokenRejected(401, f"EGI Notebooks refused the Check-in token (HTTP 401){when}. Get a fresh "
                                         "token (or give the credentials a refresh token) and try again.")
-        if response.status_code >= 500:
+        if is_transient_status(response.status_code):
             raise TransientServiceError(f"EGI Notebooks answered HTTP {response.status_code} to {method} /{path}")
         if response.status_code >= 400:
             raise HubError(response.status_code, f"{method} /{path}: HTTP {response.status_code}")
@@ -123,7 +125,7 @@ class HubClient:
         return body
 
     def _expiry_of_sent_token(self) -> datetime | None:
-        from tasks.checkin.tokens import parse_token
+        from prefect_egi.tasks.checkin.tokens import parse_token
 
         try:
             return parse_token(self._sent).expires_at if self._sent else None
@@ -167,49 +169,3 @@ class HubClient:
             if exc.status == 400 and "not running" in str(exc):
                 return
             raise
-
-
-class HubServerAdapter(RemoteJobAdapter):
-    """A server start or stop as a remote job: "ready" (or gone) is success.
-
-    Job ids are `user/server` (server empty for the default one)."""
-
-    service = "notebooks"
-
-    def __init__(self, client: HubClient, target: str):
-        if target not in ("ready", "stopped"):
-            raise ValueError("target must be 'ready' or 'stopped'")
-        self.client, self.target = client, target
-
-    async def poll(self, job_ids: Sequence[str]) -> Mapping[str, JobStatus]:
-        answers: dict[str, JobStatus] = {}
-        users: dict[str, HubUser] = {}
-        for job_id in job_ids:
-            user, _, server = job_id.partition("/")
-            if user not in users:
-                users[user] = await self.client.user(user)
-            answers[job_id] = self._status(job_id, users[user].servers.get(server))
-        return answers
-
-    def _status(self, job_id: str, server: HubServer | None) -> JobStatus:
-        if self.target == "stopped":
-            if server is None or (not server.ready and server.pending is None):
-                return JobStatus(job_id, JobState.SUCCEEDED, 100.0, "stopped")
-            return JobStatus(job_id, JobState.RUNNING, None, f"stopping ({server.pending or 'still up'})")
-        if server is None:
-            return JobStatus(job_id, JobState.FAILED, None, "the server is gone (its start failed or it was stopped)")
-        if server.ready:
-            return JobStatus(job_id, JobState.SUCCEEDED, 100.0, f"ready at {server.url or '?'}")
-        if server.pending:
-            return JobStatus(job_id, JobState.RUNNING, None, f"pending: {server.pending}")
-        return JobStatus(job_id, JobState.FAILED, None, "not running and not starting")
-
-    async def cancel(self, job_ids: Sequence[str]) -> Mapping[str, JobStatus]:
-        for job_id in job_ids:
-            user, _, server = job_id.partition("/")
-            await self.client.stop(user, server)
-        return {j: JobStatus(j, JobState.CANCELLED, None, "stop requested") for j in job_ids}
-
-    def job_label(self, job_id: str) -> str:
-        user, _, server = job_id.partition("/")
-        return f"{user}'s {'server ' + server if server else 'default server'}"

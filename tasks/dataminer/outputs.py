@@ -1,0 +1,111 @@
+"""What a DataMiner execution returned: literal values as Python values, files downloaded.
+
+No Prefect imports: this is the service-access layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field
+
+from prefect_egi.tasks.dataminer.adapter import execution_label
+from prefect_egi.tasks.dataminer.client import RESULT_FILES_OUTPUT, ResultFile, WPSClient, parse_result_files
+from prefect_egi.tasks.remote import JobState
+
+
+class OutputFile(BaseModel):
+    """A file an execution produced, downloaded (or not, with the reason)."""
+
+    name: str
+    description: str = ""
+    mime_type: str = ""
+    url: str
+    path: str | None = None
+    size: int | None = None
+    error: str | None = None
+
+
+class DataMinerResult(BaseModel):
+    """What an execution returned: literal values, files, and where it ran."""
+
+    process: str
+    status_location: str
+    state: str
+    message: str = ""
+    literals: dict[str, Any] = Field(default_factory=dict)
+    files: list[OutputFile] = Field(default_factory=list)
+
+    def markdown(self) -> str:
+        """The result as the Prefect UI shows it (the `DataMiner outputs` artifact)."""
+        lines = [f"# DataMiner {self.process or 'execution'}: {self.state}", "",
+                 f"Status: <{self.status_location}>", ""]
+        if self.message:
+            lines += [f"> {self.message}", ""]
+        if self.literals:
+            lines += ["| output | value |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in self.literals.items()] + [""]
+        if self.files:
+            lines += ["| file | description | type | size | saved to |", "|---|---|---|---|---|"]
+            for f in self.files:
+                saved = f"`{f.path}`" if f.path else f"not downloaded: {f.error}"
+                lines.append(f"| [{f.name}]({f.url}) | {f.description} | {f.mime_type} | {f.size or ''} | {saved} |")
+        return "\n".join(lines)
+
+
+class DataMinerExecutionFailed(Exception):
+    """The algorithm ended in ProcessFailed; the message is the server's text."""
+
+    def __init__(self, process: str, message: str, job_id: str):
+        self.process, self.server_message, self.job_id = process, message, job_id
+        super().__init__(f"DataMiner {process} failed: {message} ({job_id})")
+
+    def __reduce__(self):
+        return (type(self), (self.process, self.server_message, self.job_id))
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "output"
+
+
+async def collect_outputs(client: WPSClient, job_id: str, destination: str | Path,
+                          max_bytes: int = 500 * 1024 * 1024, timeout: float = 600.0,
+                          process: str = "") -> DataMinerResult:
+    """Literal outputs as values; referenced and DataMiner result files downloaded into
+    `<destination>/<execution id>/`. One file that fails to download is reported in its
+    `OutputFile.error`; the others are kept."""
+    status = await client.status(job_id)
+    result = DataMinerResult(process=process, status_location=job_id, state=status.state.value,
+                             message=status.message)
+    if status.state is not JobState.SUCCEEDED:
+        return result
+    folder = Path(destination).expanduser() / _safe_name(execution_label(job_id))
+    wanted: list[tuple[str, ResultFile]] = []
+    for output in status.outputs:
+        if output.reference:
+            suffix = Path(urlsplit(output.reference).path).suffix
+            wanted.append((output.identifier + suffix,
+                           ResultFile(output.identifier, output.mime_type or "", output.reference)))
+        elif output.embedded is not None and output.identifier == RESULT_FILES_OUTPUT:
+            wanted += [(f"{i:02d}-{Path(urlsplit(f.url).path).name}", f)
+                       for i, f in enumerate(parse_result_files(output.embedded), start=1)]
+        elif output.embedded is not None:
+            result.literals[output.identifier] = output.embedded
+        else:
+            result.literals[output.identifier] = output.value
+
+    async def fetch(name: str, item: ResultFile) -> OutputFile:
+        file = OutputFile(name=name, description=item.description, mime_type=item.mime_type,
+                          url=client.public_url(item.url))
+        try:
+            path = await client.download(item.url, folder / _safe_name(name), max_bytes, timeout)
+            file.path, file.size = str(path), path.stat().st_size
+        except Exception as exc:  # one bad file must not lose the others
+            file.error = client.scrub(str(exc)) or type(exc).__name__
+        return file
+
+    result.files = list(await asyncio.gather(*(fetch(n, f) for n, f in wanted)))
+    return result

@@ -1,0 +1,52 @@
+"""The `NotebooksHub` block: the EGI Notebooks hub's REST API and the Check-in identity used on it."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from prefect_egi.tasks.block_base import EgiBlock
+from prefect_egi.tasks.checkin.block import CheckinCredentials
+from prefect_egi.tasks.http import require_https, tls_verify
+from prefect_egi.tasks.notebooks.client import DEFAULT_HUB_URL, HubClient
+
+
+class NotebooksHub(EgiBlock):
+    """The EGI Notebooks hub's REST API and the Check-in identity used on it.
+
+    The hub is reached through EGI's token front (`https://notebooks.egi.eu/services/jwt`),
+    which takes the Check-in access token as a bearer token — the same identity as every
+    other service, refreshed when needed.
+
+    Args:
+        url: the hub API behind the token front.
+        checkin: where the Check-in access token comes from.
+        timeout_seconds: the timeout of each request.
+        verify_tls / ca_bundle: certificate verification (on by default) and the CA to trust.
+
+    Example:
+        NotebooksHub(checkin=CheckinCredentials.load("egi-checkin")).save("notebooks")
+        server = start_server("notebooks")        # waits until it is ready
+    """
+
+    _block_type_name = "EGI Notebooks Hub"
+    _block_type_slug = "egi-notebooks-hub"
+    _logo_url = "https://www.egi.eu/wp-content/uploads/2021/06/EGI-Logo.png"  # type: ignore[assignment]
+    _documentation_url = "https://docs.egi.eu/users/dev-env/notebooks/"  # type: ignore[assignment]
+
+    url: str = Field(default=DEFAULT_HUB_URL, description="The hub API behind EGI's token front.")
+    checkin: CheckinCredentials = Field(default_factory=CheckinCredentials,
+                                        description="Where the Check-in access token comes from.")
+    timeout_seconds: float = Field(default=30.0, gt=0, description="Timeout of each request.")
+    verify_tls: bool = Field(default=True, description="Verify the hub's TLS certificate.")
+    ca_bundle: str | None = Field(default=None, description="CA bundle for the hub (instead of the system one).")
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        return require_https(value, "url")
+
+    def client(self) -> HubClient:
+        """A hub client (`async with`), asking the Check-in credentials for a token at every call."""
+        return HubClient(self.url, self.checkin.aget_access_token,
+                         verify=tls_verify(self.verify_tls, self.ca_bundle, what=f"the hub {self.url}"),
+                         timeout=self.timeout_seconds)
