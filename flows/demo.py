@@ -1,6 +1,6 @@
 """`egi-flows demo`: the whole journey on this machine, no credentials, no internet.
 
-Starts the sandbox (`deployments/sandbox/stack.py`), saves blocks pointing at
+Starts the sandbox (`prefect_egi.sandbox.stack`), saves blocks pointing at
 it, runs `egi-pipeline` on Prefect's embedded (ephemeral) API, prints what
 happened and the artifacts the UI would show, and stops everything. It runs
 in a private PREFECT_HOME so it never touches your own blocks or runs; pass

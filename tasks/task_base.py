@@ -86,8 +86,15 @@ def egi_task(**options: Any) -> Callable[[Callable[..., Coroutine[Any, Any, R]]]
     return decorate
 
 
+def raised(state: Any) -> Any:
+    """What a failed task run raised, for a `retry_condition_fn`. Prefect calls those from
+    inside the task's engine, where `state.result()` of an async task is a coroutine (and
+    an `isinstance` check on it silently never matches): read it synchronously."""
+    return state.result(raise_on_failure=False, _sync=True)
+
+
 def retry_if_watch_may_recover(task: Any, task_run: Any, state: Any) -> bool:
     """`retry_condition_fn` for wait tasks: retry only when the service was unreachable
     (not when the credentials were refused, nor when the deadline passed)."""
-    exc = state.result(raise_on_failure=False)
+    exc = raised(state)
     return isinstance(exc, WatchGaveUp) and exc.transient

@@ -22,7 +22,7 @@ from prefect_egi.tasks.job_ledger import JobLedger
 pytestmark = pytest.mark.prefect
 
 SERVE = """
-from flows.{module} import {flow}
+from prefect_egi.flows.{module} import {flow}
 {flow}.serve(name="{name}", limit=1, pause_on_shutdown=False)
 """
 
@@ -39,7 +39,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 def cancel_while_running(module: str, flow: str, parameters: dict, cwd, service: str | None = None,
                          cli: bool = False):
-    """Serve `flows.<module>:<flow>`, start a run, cancel it through the API once its remote
+    """Serve `prefect_egi.flows.<module>:<flow>`, start a run, cancel it through the API once its remote
     work (of `service`, else its only work) is recorded; returns (final state type, the run's
     ledger, that submission). `cli`: cancel with `prefect flow-run cancel`, as a user would."""
     name = f"cancel-{uuid.uuid4().hex[:6]}"

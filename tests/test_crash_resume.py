@@ -92,7 +92,8 @@ def waiting(stack: PrefectStack, run_id: str, attempt: int) -> bool:
     if run["state"]["type"] != "RUNNING" or run["run_count"] != attempt:
         return False
     tasks = stack.api("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}})
-    return any(t["name"].startswith("dirac-wait") and t["state"]["type"] == "RUNNING"
+    # a task run just created may not have a state yet (seen on a loaded machine)
+    return any(t["name"].startswith("dirac-wait") and (t.get("state") or {}).get("type") == "RUNNING"
                and t["flow_run_run_count"] == attempt for t in tasks)
 
 

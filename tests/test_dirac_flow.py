@@ -68,7 +68,8 @@ def test_batch_flow_resubmits_failures_collects_outputs_and_reports(prefect_db, 
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
             any_=[state.state_details.flow_run_id])))
     names = sorted(r.name.rsplit("-", 1)[0] for r in runs)
-    assert names == ["dirac-fetch-outputs", "dirac-resubmit", "dirac-submit", "dirac-wait", "dirac-wait"]
+    assert names == ["dirac-fetch-outputs", "dirac-resubmit", "dirac-run-batch", "dirac-submit", "dirac-wait",
+                     "dirac-wait"]
 
 
 def test_batch_flow_reports_jobs_that_keep_failing(prefect_db, diracx, tmp_path):

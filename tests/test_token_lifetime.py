@@ -1,7 +1,7 @@
 """Token expiry mid-wait: 30-second Check-in tokens over a two-minute server start.
 
 The `notebooks-server` flow starts a server whose spawn takes two minutes; our
-engine (`tasks.remote.watch`) polls the hub through EGI's token front the whole
+engine (`prefect_egi.tasks.remote.watch`) polls the hub through EGI's token front the whole
 time, each poll with the current Check-in token. The Check-in peer issues access
 tokens living 30 s, so the block's refresh token must be redeemed again and again
 — ahead of expiry (no request may meet a 401), but no more often than the

@@ -12,7 +12,7 @@ composed —
 
 `Sandbox(workdir).start()` starts them (in parallel), `save_blocks()` saves
 `egi-checkin`, `dataminer`, `diracx`, `fedcloud` and `notebooks` in the current
-Prefect API, `stop()` stops every process. `python -m deployments.sandbox.stack
+Prefect API, `stop()` stops every process. `python -m prefect_egi.sandbox.stack
 --state FILE` is the supervisor `egi-flows sandbox up` leaves running.
 """
 

@@ -9,12 +9,12 @@ from pydantic import SecretStr
 
 from prefect_egi.tasks.checkin.block import CheckinCredentials
 from prefect_egi.tasks.checkin.errors import IssuerUnreachableError
-from prefect_egi.tasks.task_base import egi_task
+from prefect_egi.tasks.task_base import egi_task, raised
 
 
 def _retry_when_issuer_unreachable(task: Any, task_run: Any, state: Any) -> bool:
     """Retry the token task only for an unreachable issuer, never for a bad token or grant."""
-    exc = state.result(raise_on_failure=False)
+    exc = raised(state)
     return isinstance(exc, IssuerUnreachableError) or getattr(exc, "transient", False)
 
 

@@ -67,8 +67,8 @@ def concurrent(fn, callers: int = 50) -> float:
 def main() -> None:
     rows: list[tuple[str, float, float, str]] = []
     prefect_only = import_seconds("import prefect")
-    with_tasks = import_seconds("import prefect, tasks")
-    rows.append(("import tasks (s, on top of prefect)", with_tasks - prefect_only, prefect_only, "vs import prefect"))
+    with_tasks = import_seconds("import prefect, prefect_egi.tasks")
+    rows.append(("import prefect_egi.tasks (s, on top of prefect)", with_tasks - prefect_only, prefect_only, "vs import prefect"))
 
     peer = start_peer("checkin", "checkin_peer.py")
     try:

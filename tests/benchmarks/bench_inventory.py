@@ -5,7 +5,7 @@ site (fedcloudclient's approach), in one run.
 
 Against the local Check-in peer and `--sites` OpenStack stand-in sites, each
 answering every request 50–200 ms late (a fixed, seeded latency per site):
-- ours: `tasks.openstack.inventory` (threads, bounded by the block's concurrency);
+- ours: `prefect_egi.tasks.fedcloud.inventory.inventory` (threads, bounded by the block's concurrency);
 - sequential: the same per-site listing, one site after the other;
 - process per site: one Python process per site doing the listing (what
   fedcloudclient does by shelling out to the `openstack` CLI), 30 at a time;

@@ -9,25 +9,26 @@
      and one trivial `Block` subclass. `from prefect import task` and subclassing
      `Block` pull modules Prefect loads lazily, so this is the fair floor for any
      plugin that offers tasks and blocks;
-   - ours: `import prefect, tasks` (the package names its API and imports each
+   - ours: `import prefect, prefect_egi.tasks` (the package names its API and imports each
      part on first use, as `prefect` itself does), against `import prefect`;
-   - ours with everything defined: `import prefect, tasks.blocks` (every block,
+   - ours with everything defined: `import prefect, prefect_egi.tasks.blocks` (every block,
      and the tasks of their modules — what Prefect's collection loader and any
      flow using a block pay), against the minimal plugin.
    Reported: medians, ours − baseline (target: at most +0.2 s) and ours / baseline. A bare interpreter (`python -c pass`) is
    measured too: diracx-client installs a `.pth` file that imports diracx at
    every interpreter start, so it is paid by every variant alike.
 
-2. Prefect overhead per pipeline run: the `egi-pipeline` flow (`flows/pipeline.py`,
+2. Prefect overhead per pipeline run: the `egi-pipeline` flow (`prefect_egi.flows.pipeline`,
    default parameters: 5 work items, the summary, the VM snapshot) run `--runs`
-   times against the sandbox's peers (`deployments/sandbox/stack.py`, without the
+   times against the sandbox's peers (`prefect_egi.sandbox.stack`, without the
    Notebooks hub and with the test pilot's failure rate at 0 so every run does the
    same remote work) under Prefect's test harness (a real API server subprocess on
    a temporary SQLite database) — versus the same remote work without Prefect
    orchestration: each stage's task called through `.fn` exactly as the flow
-   body calls it, with the service tasks those stages call (`run_algorithm`,
-   `vm_inventory`, and `submit_jobs`/`wait_for_jobs`/`resubmit_jobs`/
-   `fetch_job_outputs` inside `run_batch`) replaced by their `.fn` too, so the
+   body calls it, with the service tasks those stages call (`vm_inventory`,
+   `run_algorithm` and the `execute_process`/`wait_for_executions`/`fetch_outputs`
+   inside it, `run_batch` and the `submit_jobs`/`wait_for_jobs`/`resubmit_jobs`/
+   `fetch_job_outputs` inside it) replaced by their `.fn` too, so the
    same code (submit, the shared wait engine with the same policies, output
    download) runs with no flow run, no task runs, no result persistence, no
    ledger in the API, no artifacts, events or API logs. The baseline's blocks are
@@ -83,8 +84,8 @@ IMPORTS = {
         "def one() -> int:\n"
         "    return 1\n"
     ),
-    "prefect + tasks": "import prefect, tasks",
-    "prefect + every block": "import prefect, tasks.blocks",
+    "prefect + tasks": "import prefect, prefect_egi.tasks",
+    "prefect + every block": "import prefect, prefect_egi.tasks.blocks",
 }
 
 
@@ -130,20 +131,13 @@ def ours(destination: Path) -> tuple[float, object]:
 
 def baseline(templates: dict, destination: Path) -> tuple[float, object]:
     """The flow body's stages through `.fn`, the service tasks they call through `.fn`."""
-    from prefect_egi.flows import dirac as dirac_flow
     from prefect_egi.flows import pipeline
-    from prefect_egi.tasks import (
-        fetch_job_outputs,
-        resubmit_jobs,
-        run_algorithm,
-        submit_jobs,
-        vm_inventory,
-        wait_for_jobs,
-    )
+    from prefect_egi.tasks.dataminer import tasks as dataminer_tasks
+    from prefect_egi.tasks.dirac import tasks as dirac_tasks
 
     async def stages(credentials, dataminer, diracx, fedcloud):
         work, grid, summary = pipeline.WorkItems(), pipeline.GridJobs(), pipeline.Summary()
-        who = pipeline.identity_stage.fn(credentials)
+        who = await pipeline.identity_stage.fn(credentials)
         listed = await pipeline.work_items_stage.fn(dataminer, work, str(destination / "work-items"))
         batch = await pipeline.grid_stage.fn(diracx, grid, listed.items, str(destination / "grid"), 48.0)
         summarised = await pipeline.summary_stage.fn(dataminer, summary, listed.items, batch,
@@ -154,14 +148,13 @@ def baseline(templates: dict, destination: Path) -> tuple[float, object]:
         report.markdown()
         return report
 
-    plain = {
-        (pipeline, "run_algorithm"): run_algorithm.fn, (pipeline, "vm_inventory"): vm_inventory.fn,
-        (dirac_flow, "submit_jobs"): submit_jobs.fn, (dirac_flow, "wait_for_jobs"): wait_for_jobs.fn,
-        (dirac_flow, "resubmit_jobs"): resubmit_jobs.fn, (dirac_flow, "fetch_job_outputs"): fetch_job_outputs.fn,
-    }
+    calls = {pipeline: ("run_algorithm", "run_batch", "vm_inventory"),
+             dataminer_tasks: ("execute_process", "wait_for_executions", "fetch_outputs"),
+             dirac_tasks: ("submit_jobs", "wait_for_jobs", "resubmit_jobs", "fetch_job_outputs")}
     with ExitStack() as patches:
-        for (module, name), fn in plain.items():
-            patches.enter_context(mock.patch.object(module, name, fn))
+        for module, names in calls.items():
+            for name in names:
+                patches.enter_context(mock.patch.object(module, name, getattr(module, name).fn))
         started = time.perf_counter()
         blocks = {name: block.model_copy(deep=True) for name, block in templates.items()}
         report = asyncio.run(stages(blocks["checkin"], blocks["dataminer"], blocks["diracx"], blocks["fedcloud"]))
@@ -236,7 +229,7 @@ def main() -> None:
         for name, seconds in medians.items():
             print(f"{name:<22} {seconds:>9.3f} {ours_s - seconds:>+10.3f} {ours_s / seconds:>10.2f}")
         every = medians["prefect + every block"]
-        print(f"import tasks adds {ours_s - medians['prefect']:+.3f} s to import prefect (target <= +0.2 s); "
+        print(f"import prefect_egi.tasks adds {ours_s - medians['prefect']:+.3f} s to import prefect (target <= +0.2 s); "
               f"every block and task defined: {every - medians['minimal plugin']:+.3f} s over a minimal Prefect "
               "plugin", flush=True)
 

@@ -16,7 +16,7 @@ Runs, one after the other, each as its own process writing its numbers with
   per-job polling, one poll cycle over 10,000 jobs (requests, memory);
 - `bench_inventory.py`  VM inventory of 30 sites vs the slowest single site,
   a sequential loop and a process per site (medians of 3);
-- `bench_overhead.py`   `import tasks` over `import prefect` and over a minimal
+- `bench_overhead.py`   `import prefect_egi.tasks` over `import prefect` and over a minimal
   Prefect plugin (7 fresh interpreters each); the pipeline flow vs its stages
   called without Prefect (3 runs each).
 
@@ -245,8 +245,8 @@ def overhead_rows(table: Table, data: dict) -> None:
     if "imports" in data:
         medians = data["imports"]["median_s"]
         for what, variant, label, key in (
-                ("`import prefect, tasks`", "prefect + tasks", "`import prefect` alone", "prefect"),
-                ("`import prefect, tasks.blocks` (every block and task defined)", "prefect + every block",
+                ("`import prefect, prefect_egi.tasks`", "prefect + tasks", "`import prefect` alone", "prefect"),
+                ("`import prefect, prefect_egi.tasks.blocks` (every block and task defined)", "prefect + every block",
                  "a minimal Prefect plugin", "minimal plugin")):
             if variant not in medians:  # a JSON file from before the variant existed
                 continue

@@ -4,7 +4,7 @@
 
 `bench_dataminer.py` measures a handful of job lengths against the real peer;
 each is one draw of luck (where a job's end falls between two polls). This runs
-the real `tasks.remote.watch` loop — its `Pacer`, unchanged — on a virtual clock
+the real `prefect_egi.tasks.remote.watch` loop — its `Pacer`, unchanged — on a virtual clock
 against a model job, so thousands of jobs can be compared with owslib's
 `monitorExecution(sleepSecs=5)` (a status request at once, then one every 5 s):
 - each job runs T seconds (log-uniform over 1.5–300 s), starts 0–0.3 s after
@@ -165,7 +165,7 @@ def main() -> None:
                      "ours_latency_s": lat, "owslib_latency_s": blat,
                      "requests_ok": n <= bn, "latency_ok": lat <= target_latency(job)})
 
-    print(f"{len(jobs)} simulated jobs (seed {args.seed}); ours = tasks.remote.watch, owslib = monitorExecution(5 s)")
+    print(f"{len(jobs)} simulated jobs (seed {args.seed}); ours = prefect_egi.tasks.remote.watch, owslib = monitorExecution(5 s)")
     print(f"{'job length':>11} {'jobs':>5} {'req ours/owslib':>16} {'median lat ours':>16} {'owslib':>7} "
           f"{'req ≤ owslib':>13} {'lat ≤ target':>13} {'both':>6}")
     summary: dict = {"jobs": len(jobs), "seed": args.seed, "bands": []}
