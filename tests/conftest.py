@@ -7,7 +7,6 @@ a temporary directory (results storage lives there), quiet logging.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from prefect_stack import MARKER, REPO, PrefectStack, StackError, start_server, wait_until
+from prefect_stack import MARKER, PrefectStack, StackError, start_server, wait_until
 
 from prefect_egi.tasks.job_ledger import describe_ids
 

@@ -257,7 +257,7 @@ def test_server_restarted_mid_job_the_wait_resumes(tmp_path):
 def test_bad_url_and_unreachable_server_are_clear(tmp_path):
     from pydantic import SecretStr
 
-    from prefect_egi.tasks import DataMiner, WPSError, describe_process
+    from prefect_egi.tasks import DataMiner, WPSError
     from prefect_egi.tasks.dataminer.client import WPSClient
     from prefect_egi.tasks.http import RetryPolicy
 

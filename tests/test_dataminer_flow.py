@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from prefect_egi.flows import dataminer_run
-from prefect_egi.tasks import JobState, WatchPolicy, cancel_submissions, execute_process, wait_for_executions
+from prefect_egi.tasks import WatchPolicy, cancel_submissions, execute_process, wait_for_executions
 from prefect_egi.tasks.job_ledger import JobLedger
 
 pytestmark = pytest.mark.prefect
@@ -132,3 +132,32 @@ def test_token_in_query_mode_never_reaches_logs_or_the_database(prefect_db, data
     assert "gcube-token=***" in caplog.text  # the URLs were logged, masked
     assert dataminer.token not in caplog.text + captured.out + captured.err
     assert dataminer.token.encode() not in database_bytes(prefect_db)
+
+
+def test_a_wait_that_gave_up_on_an_unreachable_server_is_retried_and_finds_the_end(prefect_db, dataminer):
+    """`dataminer-wait` retries when the server kept failing (WatchGaveUp, transient) — its
+    retry condition reads the failed state of an async task (a coroutine there, unless read
+    synchronously: the retry never fired before) — and never for a refused token."""
+    name = saved_block(dataminer)
+    quick = wait_for_executions.with_options(retry_delay_seconds=0)
+    policy = WatchPolicy(first_interval=0.2, max_consecutive_errors=2, error_backoff=0.1)
+
+    @flow
+    async def wait_through_an_outage(block_name: str) -> str:
+        job = await execute_process(block_name, "SLOW_COUNTER", {"seconds": 1, "steps": 2})
+        dataminer.control("fault", kind="status", status=503, count=2)  # the first attempt gives up
+        final = await quick(block_name, [job], policy)
+        return final[job].state.value
+
+    assert asyncio.run(wait_through_an_outage(name)) == "succeeded"
+
+    @flow
+    async def wait_with_a_refused_token(block_name: str) -> tuple[str, int]:
+        job = await execute_process(block_name, "SLOW_COUNTER", {"seconds": 1, "steps": 2})
+        dataminer.control("revoke", token=dataminer.token)
+        state = await quick(block_name, [job], policy, return_state=True)
+        async with get_client() as client:
+            task_run = await client.read_task_run(state.state_details.task_run_id)
+        return state.type.value, task_run.run_count
+
+    assert asyncio.run(wait_with_a_refused_token(name)) == ("FAILED", 1)  # not retried: a new token is needed
