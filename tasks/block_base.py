@@ -51,7 +51,8 @@ class EgiBlock(Block, ABC):
 
     @classmethod
     def load(cls, name: str, validate: bool = True, client: Any = None, **_: Any) -> Self:  # type: ignore[override]
-        """The saved block named `name` (`await cls.aload(name)` in async code).
+        """The saved block named `name` (`await cls.aload(name)` in async code). Prefect's
+        `_sync=…` is accepted and changes nothing: the answer is always the block.
 
         Raises:
             ValueError: there is no saved block of this type by that name.

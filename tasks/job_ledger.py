@@ -5,9 +5,12 @@ record per submission — *before* any waiting starts, so that:
 
 - a retried flow run finds its submission and resumes watching the same jobs
   instead of submitting again;
-- hooks, which Prefect runs in another process, can find the jobs.
+- hooks, which Prefect runs in another process, can find the jobs: a record names the
+  saved block that submitted them (`JobServiceBlock.ledger_reference`), and the hook
+  loads it again and asks its adapter (`JobServiceBlock.job_adapter`) to cancel or poll.
 
-The flows register two hooks, because a cancellation and a crash mean different things:
+Flows made with `prefect_egi.flows.egi_flow` (every shipped flow) register two hooks,
+because a cancellation and a crash mean different things:
 
 - `on_cancellation=[cancel_remote_jobs]`: the scientist stopped the run, so every
   job it submitted is killed (DIRAC) or marked cancelled (DataMiner).

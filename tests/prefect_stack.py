@@ -257,11 +257,12 @@ class PrefectStack:
         """`prefect worker start --pool <pool>`; with `wait`, returns once it is ONLINE (else call
         `wait_for_worker` later, e.g. after deploying in the meantime). Several workers on one
         pool need distinct `name`s (also their log's name); `limit`: its `--limit` (flow runs
-        at once)."""
+        at once). The worker starts in the stack's work folder, not in this checkout: it runs the
+        flows of the installed package, as a worker on another machine would."""
         name = name or f"test-{self.stack_id[:8]}"
         worker = self.spawn(f"worker-{pool}" if name.startswith("test-") else f"worker-{name}",
                             [*PREFECT, "worker", "start", "--pool", pool, "--name", name,
-                             *(["--limit", str(limit)] if limit else [])], **extra_env)
+                             *(["--limit", str(limit)] if limit else [])], cwd=self.workdir, **extra_env)
         if wait:
             self.wait_for_worker(worker, pool)
         return worker

@@ -237,3 +237,29 @@ def test_the_documentation_imports_only_public_names():
             continue  # the notebook starts the local sandbox
         assert module in ("prefect_egi.tasks", "prefect_egi.flows"), f"{document}: from {module} import {name}"
         assert name in importlib.import_module(module).__all__, f"{document}: {module}.{name} is not exported"
+
+
+def test_every_block_documents_its_fields_and_an_example():
+    """What the Prefect UI shows on the block's page (Prefect reads its docstring)."""
+    import inspect
+
+    from prefect_egi.tasks.blocks import BLOCKS
+
+    for block in BLOCKS:
+        doc = inspect.getdoc(block) or ""
+        assert "Args:" in doc and "Example:" in doc, block.__name__
+        assert all(field.description for field in block.model_fields.values()), block.__name__
+
+
+def test_the_hooks_reach_job_services_through_their_declared_interface():
+    """The ledger's hooks load a record's block as a `JobServiceBlock` (its `job_adapter()`),
+    and refuse a block type that does not declare one."""
+    import asyncio
+
+    from prefect_egi.tasks.block_base import JobServiceBlock
+    from prefect_egi.tasks.blocks import BLOCKS
+
+    assert {b.get_block_type_slug() for b in BLOCKS if issubclass(b, JobServiceBlock)} == {
+        "egi-dataminer", "egi-diracx"}
+    with pytest.raises(TypeError, match="'egi-fedcloud' is not a prefect-egi job service"):
+        asyncio.run(JobServiceBlock.from_ledger("egi-fedcloud", "any"))

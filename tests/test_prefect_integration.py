@@ -44,7 +44,7 @@ def test_block_is_registered_through_the_entry_point(prefect_db):
 
 def test_block_round_trip_keeps_secrets_secret(prefect_db, checkin):
     name = save_block(checkin, margin_seconds=90)
-    loaded = CheckinCredentials.load(name, _sync=True)
+    loaded = CheckinCredentials.load(name)
     assert loaded.margin_seconds == 90 and isinstance(loaded.refresh_token, SecretStr)
     assert "**********" in repr(loaded.refresh_token)
     token = loaded.get_token()
@@ -206,7 +206,7 @@ def test_identity_flow_names_a_missing_block(prefect_db):
 
 def test_token_task_retries_an_unreachable_issuer_only(prefect_db, checkin):
     name = save_block(checkin)
-    credentials = CheckinCredentials.load(name, _sync=True)
+    credentials = CheckinCredentials.load(name)
     quick = get_checkin_token.with_options(retry_delay_seconds=0)
 
     @flow
@@ -218,7 +218,7 @@ def test_token_task_retries_an_unreachable_issuer_only(prefect_db, checkin):
     assert fetch(credentials) == "eyJ"
     assert checkin.token_requests() == 5
 
-    broken = CheckinCredentials.load(name, _sync=True)
+    broken = CheckinCredentials.load(name)
     broken.refresh_token = SecretStr("not-a-refresh-token-we-issued")
     before = checkin.token_requests()
     state = fetch(broken, return_state=True)

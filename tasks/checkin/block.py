@@ -52,7 +52,25 @@ class CheckinCredentials(EgiBlock):
     Sources are tried in this order, each can be switched off: the explicit
     `access_token`; the environment (`OIDC_ACCESS_TOKEN`, `FEDCLOUD_OIDC_ACCESS_TOKEN`);
     the EGI Notebooks token files; the `refresh_token` redeemed at the issuer;
-    oidc-agent. A token is reused until `margin_seconds` before it expires.
+    oidc-agent. A token is reused until `margin_seconds` before it expires; every
+    token and secret is masked in all logs.
+
+    Args:
+        issuer: the OIDC issuer (EGI Check-in by default); endpoints come from its discovery.
+        access_token / use_environment / token_files / refresh_token / oidc_agent_account:
+            the sources (see above); client_id / client_secret: the OAuth client.
+        keep_alive: exchange a short-lived token once for a refresh token (RFC 8693).
+        verify_signature: check tokens against the issuer's JWKS.
+        verify_tls / ca_bundle / timeout_seconds: how the issuer is reached.
+
+    Raises (from `get_access_token`, `get_token`, `identity`):
+        NoTokenError: no source had a token — the message lists each one and its fix.
+        TokenExpiredError: the only token found expired and nothing can renew it.
+
+    Example:
+        CheckinCredentials(client_id="…", refresh_token=SecretStr("…")).save("egi-checkin")
+        egi = CheckinCredentials.load("egi-checkin")
+        egi.get_access_token(), egi.identity().vos
     """
 
     _block_type_name = "EGI Check-in Credentials"
