@@ -19,7 +19,7 @@ from prefect.states import Cancelling
 
 from prefect_egi.tasks.job_ledger import JobLedger
 
-pytestmark = pytest.mark.prefect
+pytestmark = [pytest.mark.prefect, pytest.mark.timeout(600)]  # room for the waits below on a busy machine
 
 SERVE = """
 from prefect_egi.flows.{module} import {flow}
@@ -54,7 +54,7 @@ def cancel_while_running(module: str, flow: str, parameters: dict, cwd, service:
                 found = asyncio.run(ledger.submissions())
                 return [s for s in found if service in (None, s.service)]
 
-            (submission,) = wait_for(recorded, 90, "the remote work to be recorded")
+            (submission,) = wait_for(recorded, 180, "the remote work to be recorded")
             if cli:
                 from prefect.settings import PREFECT_API_URL
 
@@ -64,7 +64,7 @@ def cancel_while_running(module: str, flow: str, parameters: dict, cwd, service:
                 assert done.returncode == 0, done.stdout + done.stderr
             else:
                 client.set_flow_run_state(run.id, Cancelling(), force=True)
-            final = wait_for(lambda: _final(client, run.id), 60, "the run to end")
+            final = wait_for(lambda: _final(client, run.id), 180, "the run to end")
         return final, ledger, submission
     finally:
         stop(server)

@@ -157,7 +157,7 @@ def test_transient_5xx_during_the_wait_is_absorbed(dataminer):
     final = run(watch(adapter, [job], FAST))
     assert final[job].state is JobState.SUCCEEDED
     stats = dataminer.stats()
-    assert stats["status"] >= 4 and stats["status"] < 20
+    assert stats["status"] >= 4 and stats["status"] < 40
 
 
 @pytest.mark.parametrize("kept", [0.5, 0.0])
@@ -168,7 +168,7 @@ def test_a_status_document_read_while_rewritten_is_read_again(dataminer, kept):
     dataminer.control("fault", kind="status", status=200, truncate=kept, count=2)
     final = run(watch(dataminer.block().job_adapter(), [job], FAST))
     assert final[job].state is JobState.SUCCEEDED
-    assert 4 <= dataminer.stats()["status"] < 20
+    assert 4 <= dataminer.stats()["status"] < 40
 
 
 def test_a_status_answer_that_is_no_status_document_fails_at_once(dataminer):
@@ -197,6 +197,7 @@ def test_deadline_is_enforced(dataminer):
     assert caught.value.statuses[job].state in (JobState.QUEUED, JobState.RUNNING)
 
 
+@pytest.mark.timeout(600)  # room for the wait's own deadline and the join after it
 def test_server_restarted_mid_job_the_wait_resumes(tmp_path):
     """The DataMiner front dies (SIGKILL) while a computation runs; the computation
     finishes; the server comes back on the same port: the wait picks up the result."""
@@ -219,14 +220,16 @@ def test_server_restarted_mid_job_the_wait_resumes(tmp_path):
     first = start_peer("dataminer-restart", "dataminer_peer.py", *args)
     second = None
     try:
-        block = DataMiner(url=first.info["wps_url"], gcube_token=SecretStr(first.info["token"]), timeout_seconds=1)
+        # the default request timeout: the first Execute may wait for the peer's fork server to
+        # start, and requests to the SIGKILLed front are refused at once anyway
+        block = DataMiner(url=first.info["wps_url"], gcube_token=SecretStr(first.info["token"]))
         job = run(submit_execution(block, "SLOW_COUNTER", {"seconds": 3, "steps": 3}))
         outcome: dict = {}
 
         def wait() -> None:
             adapter = block.job_adapter()
             policy = WatchPolicy(first_interval=0.2, max_interval=0.5, error_backoff=0.3, max_error_backoff=1,
-                                 max_consecutive_errors=30, deadline=60)
+                                 max_consecutive_errors=120, deadline=240)  # the restart may be slow on a busy machine
             try:
                 outcome["final"] = run(watch(adapter, [job], policy))
             except Exception as exc:  # reported below
@@ -245,7 +248,8 @@ def test_server_restarted_mid_job_the_wait_resumes(tmp_path):
             except RuntimeError:
                 time.sleep(0.5)
         assert second is not None, "the DataMiner peer could not restart on its port"
-        waiter.join(60)
+        waiter.join(300)
+        assert not waiter.is_alive(), "the wait did not end after the restart"
         assert "error" not in outcome, outcome.get("error")
         assert outcome["final"][job].state is JobState.SUCCEEDED
     finally:

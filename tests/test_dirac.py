@@ -54,12 +54,21 @@ def test_chunked_submission_and_bulk_wait_over_a_hundred_jobs(diracx):
     assert diracx.job_count() == before + 130
     diracx.pilot.run_in_background(ids, start_after=0.5, duration=1.0, fail=ids[:3])
     adapter = block.job_adapter()
+    cycles = 0
+    poll = adapter.poll
+
+    async def counted(job_ids):
+        nonlocal cycles
+        cycles += 1
+        return await poll(job_ids)
+
+    adapter.poll = counted
     final = run(watch(adapter, [str(i) for i in ids], FAST))
     states = [s.state for s in final.values()]
     assert states.count(JobState.SUCCEEDED) == 127 and states.count(JobState.FAILED) == 3
     assert final[str(ids[0])].message == "Failed: Application Finished With Errors"
-    polls = adapter.searches
-    assert polls <= 12  # one search per cycle for all 130 jobs, not one per job
+    # one search per cycle for all 130 jobs, not one per job (how many cycles depends on the machine's pace)
+    assert adapter.searches == cycles < len(ids)
 
 
 def test_pages_are_walked_beyond_the_page_size(diracx):
@@ -187,6 +196,7 @@ def test_outputs_and_resubmission(diracx, tmp_path):
     assert missing.path is None and missing.note == "no output sandbox"
 
 
+@pytest.mark.timeout(600)  # room for the wait's own deadline and the join after it
 def test_server_restarted_mid_wait_the_wait_resumes(tmp_path):
     import socket
     import threading
@@ -207,7 +217,7 @@ def test_server_restarted_mid_wait_the_wait_resumes(tmp_path):
         ids = run(submit(block, [DiracJob(executable="echo", parameters=[1, 2, 3])]))
         outcome: dict = {}
         policy = WatchPolicy(first_interval=0.3, max_interval=1, error_backoff=0.3, max_error_backoff=1,
-                             max_consecutive_errors=60, deadline=120)
+                             max_consecutive_errors=300, deadline=300)
 
         def wait() -> None:
             try:
@@ -223,7 +233,8 @@ def test_server_restarted_mid_wait_the_wait_resumes(tmp_path):
         first.stop()  # uvicorn and moto go down; the databases stay in the workdir
         second = start_peer("diracx-restart", "diracx_peer.py", *args, timeout=120)
         run(Pilot(second.info["url"], creds["pilot"]).run(ids, start_after=0.1, duration=0.2))
-        waiter.join(120)
+        waiter.join(300)
+        assert not waiter.is_alive(), "the wait did not end after the restart"
         assert "error" not in outcome, outcome.get("trace")
         assert {s.state for s in outcome["final"].values()} == {JobState.SUCCEEDED}
     finally:

@@ -113,7 +113,7 @@ def test_batch_against_a_pilot_process_that_fails_a_share_of_runs(prefect_db, di
                                          max_resubmissions=2)
     finally:
         pilot.stop()
-    outcomes = json.loads(stats.read_text())
+    outcomes = json.loads(stats.read_text())  # written again as the pilot exits: the final counts
     assert report.submitted == 20 and report.succeeded + len(report.failed) == 20
     assert outcomes["Failed"] > 0 and report.resubmitted > 0  # the rate did bite
     assert outcomes["Done"] == report.succeeded

@@ -12,6 +12,7 @@ import asyncio
 import json
 import stat
 import threading
+import time
 
 import httpx
 import pytest
@@ -135,7 +136,8 @@ def test_the_login_task_shows_the_link_as_an_artifact(diracx, tmp_path, prefect_
                     key=ArtifactFilterKey(any_=["diracx-login"])))
             return found[0].data if found else None
 
-        for _ in range(100):
+        deadline = time.monotonic() + 60  # as long as the login waits (each look is slow on a busy machine)
+        while time.monotonic() < deadline:
             url = asyncio.run(link())
             if url:
                 browsers.append(url)

@@ -287,11 +287,12 @@ def test_method_and_path_filters_and_first_match(proxy, upstream):
 
 
 def test_time_window(proxy):
-    proxy.set_rules([{"kind": "error", "after": 0.5, "for": 0.5}])
+    # seconds, not fractions: each request is 1-2 s from an edge of the window even on a busy machine
+    proxy.set_rules([{"kind": "error", "after": 2, "for": 2}])
     origin = time.monotonic()
     statuses = []
     with httpx.Client(base_url=proxy.url, timeout=5) as client:
-        for at in (0.0, 0.75, 1.25):
+        for at in (0.0, 3.0, 5.0):
             time.sleep(max(0.0, origin + at - time.monotonic()))
             statuses.append(client.get("/small").status_code)
     assert statuses == [200, 503, 200]

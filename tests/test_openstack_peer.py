@@ -166,10 +166,11 @@ def test_bad_tokens_are_unauthorized(openstack, checkin, http):
         with pytest.raises(ks_exceptions.Unauthorized):
             nova_client.Client(2, session=sess).servers.list()
     # an unknown kid refetches the JWKS (key rotation), but not on every request
+    rotated = forged(checkin.issuer, "rotated?")  # made once: a key takes a while to generate on a busy machine
     time.sleep(1.1)
     before = checkin.stats().get(CERTS, 0)
     for _ in range(2):
-        _, sess = connect(openstack, "CESNET-MCC", forged(checkin.issuer, "rotated?"))
+        _, sess = connect(openstack, "CESNET-MCC", rotated)
         with pytest.raises(ks_exceptions.Unauthorized):
             sess.get_token()
     assert checkin.stats().get(CERTS, 0) == before + 1
@@ -203,11 +204,14 @@ def test_validation_rules():
 
 
 def test_tokens_expire_with_the_access_token(openstack, checkin, http):
-    auth, sess = connect(openstack, "CESNET-MCC", checkin.login(access_token_lifetime=2)["access_token"], ACCESS_PROJECT)
+    from prefect_egi.tasks import parse_token
+
+    access = checkin.login(access_token_lifetime=5)["access_token"]
+    auth, sess = connect(openstack, "CESNET-MCC", access, ACCESS_PROJECT)
     scoped = sess.get_token()
     compute = site(openstack, "CESNET-MCC")["url"] + "/compute/v2.1/servers/detail"
     assert http.get(compute, headers={"X-Auth-Token": scoped}).status_code == 200
-    time.sleep(2.2)
+    time.sleep(max(0.0, parse_token(access).seconds_left()) + 0.2)  # past the access token's exp
     response = http.get(compute, headers={"X-Auth-Token": scoped})
     assert response.status_code == 401 and "WWW-Authenticate" in response.headers
     assert http.get(compute, headers={"X-Auth-Token": "nonsense"}).status_code == 401
@@ -261,7 +265,7 @@ def test_hang_site_times_out_without_blocking_others(openstack, checkin):
     outcome: list[BaseException] = []
 
     def hang() -> None:
-        _, sess = connect(openstack, "BLACKHOLE", token, "any", timeout=2)
+        _, sess = connect(openstack, "BLACKHOLE", token, "any", timeout=10)
         try:
             nova_client.Client(2, session=sess).servers.list()
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
@@ -270,12 +274,12 @@ def test_hang_site_times_out_without_blocking_others(openstack, checkin):
     started = time.monotonic()
     thread = threading.Thread(target=hang)
     thread.start()
-    _, healthy = connect(openstack, "CESNET-MCC", token, ACCESS_PROJECT, timeout=2)
+    _, healthy = connect(openstack, "CESNET-MCC", token, ACCESS_PROJECT)
     assert len(nova_client.Client(2, session=healthy).servers.list()) == SERVERS
-    assert time.monotonic() - started < 1.5  # the black hole holds up nobody else
-    thread.join(10)
+    assert thread.is_alive(), "the healthy listing waited for the black hole"  # it holds up nobody else
+    thread.join(60)
     assert len(outcome) == 1 and isinstance(outcome[0], ks_exceptions.ConnectTimeout)
-    assert 1.9 < time.monotonic() - started < 5
+    assert 9.9 < time.monotonic() - started < 40  # its timeout, then given up (not retried for long)
     assert openstack.stats()["BLACKHOLE"] == {"POST federation": 1}
 
 
@@ -306,7 +310,6 @@ def test_sigterm_releases_hung_connections(checkin_process):
     with socket.create_connection((host, port), timeout=5) as hung:
         hung.sendall(b"GET /v3 HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.2)
-        started = time.monotonic()
         peer.stop(timeout=5)
-        assert time.monotonic() - started < 2 and peer.process.returncode == 0
+        assert peer.process.returncode == 0  # ended by SIGTERM within the 5 s before stop() SIGKILLs
         assert hung.recv(100) == b""  # closed, never answered

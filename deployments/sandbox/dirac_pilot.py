@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(json.dumps({"pilot": args.url, "failure_rate": args.failure_rate, "duration": args.duration}), flush=True)
     asyncio.run(pilot.loop(on_cycle=save))
+    save(pilot)  # the final counts: a batch may have ended after the last cycle's save
 
 
 if __name__ == "__main__":
