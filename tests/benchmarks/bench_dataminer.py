@@ -26,14 +26,11 @@ import json
 import math
 import os
 import random
-import sys
 import threading
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.append(str(REPO))
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 

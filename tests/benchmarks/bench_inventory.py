@@ -27,8 +27,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.append(str(REPO))
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -41,9 +39,7 @@ from prefect_egi.tasks.fedcloud.inventory import inventory
 
 VO = "vo.access.egi.eu"
 ONE_SITE = """
-import sys
-sys.path.append({repo!r})
-from tasks.fedcloud import Site, SitePool, site_servers
+from prefect_egi.tasks.fedcloud.client import Site, SitePool, site_servers
 site = Site(name={name!r}, endpoint={endpoint!r})
 answer = site_servers(SitePool(lambda: {token!r}, timeout=30), site, {vo!r})
 assert answer.failure is None, answer.failure
@@ -89,7 +85,8 @@ def main() -> None:
 
         def ours() -> None:
             block = FedCloud(checkin=credentials, sites=sites, site_config_dirs=[])
-            result = asyncio.run(inventory(block, VO))
+            result = asyncio.run(inventory(block.client(), block.choose(), VO, concurrency=block.concurrency,
+                                           site_deadline=block.site_deadline_seconds))
             assert not result.failures and len(result.vms) == 20 * len(sites), result.failures
 
         def sequential() -> None:
@@ -101,7 +98,7 @@ def main() -> None:
 
         def process_per_site() -> None:
             def run(site: Site) -> None:
-                code = ONE_SITE.format(repo=str(REPO), name=site.name, endpoint=site.endpoint, token=token, vo=VO)
+                code = ONE_SITE.format(name=site.name, endpoint=site.endpoint, token=token, vo=VO)
                 subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
 
             with ThreadPoolExecutor(30) as threads:  # fedcloudclient's pool size

@@ -26,13 +26,10 @@ import json
 import math
 import random
 import statistics
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.append(str(REPO))
 
 from prefect_egi.tasks import DATAMINER_WAIT, JobState, JobStatus, RemoteJobAdapter, watch
 

@@ -61,9 +61,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
 REPO = TESTS.parent
-for path in (str(REPO), str(TESTS)):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+if str(TESTS) not in sys.path:  # prefect_stack (the plugin and its sandbox come installed)
+    sys.path.insert(0, str(TESTS))
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
