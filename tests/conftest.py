@@ -18,6 +18,8 @@ os.environ.update(
     PREFECT_LOGGING_LEVEL="INFO",
     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
     PREFECT_SERVER_LOGGING_LEVEL="WARNING",
+    # tasks called outside a flow (plain calls, as a script makes them) log locally; Prefect warns each time
+    PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,10 +21,17 @@ def _fresh(code: str, cwd: Path | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """The wheel `pip wheel .` builds from this checkout (no dependencies)."""
-    out = tmp_path_factory.mktemp("wheel")
+    """The wheel `pip wheel .` builds from a copy of this checkout (setuptools leaves a `build/`
+    folder behind, whose stale files a later build would package)."""
+    import shutil
+
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    for name in ("pyproject.toml", "README.md", "tasks", "flows", "deployments"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+        copy(REPO / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                           if (REPO / name).is_dir() else {}))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(REPO)], check=True, capture_output=True, timeout=300)
+                    str(source)], check=True, capture_output=True, timeout=300)
     (built,) = out.glob("prefect_egi-*.whl")
     return built
 
