@@ -152,7 +152,7 @@ def test_every_public_task_is_dual_and_documented():
         task = getattr(public, name)
         assert inspect.iscoroutinefunction(task.fn), name
         doc = inspect.getdoc(task.fn) or ""
-        for section in ("Args:", "Returns:", "Example:"):
+        for section in ("Args:", "Returns:", "Raises:", "Example:"):
             assert section in doc or (section == "Args:" and not inspect.signature(task.fn).parameters), \
                 f"{name}: its docstring has no {section}"
 

@@ -203,6 +203,10 @@ async def fetch_outputs(dataminer: DataMinerArg, job_id: str, destination: str =
         A `DataMinerResult`: `literals` (values), `files` (name, type, local path or the
         reason it was not downloaded), the final state and message.
 
+    Raises:
+        WPSAuthError / WPSError: the status document could not be read (a file that
+            cannot be downloaded is not an error: its `error` says why).
+
     Example:
         result = fetch_outputs("dataminer", job_id, destination="outputs")
     """

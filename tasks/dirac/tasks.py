@@ -226,6 +226,10 @@ async def fetch_job_outputs(diracx: DiracXArg, job_ids: Sequence[int],
     Returns:
         One `JobOutput` per job: its folder and files, or a note ("no output sandbox").
 
+    Raises:
+        CredentialsRejected: DiracX refused the credentials.
+        TransientServiceError: DiracX did not answer (the task retries twice first).
+
     Example:
         for output in fetch_job_outputs("diracx", ids, destination="outputs"):
             print(output.job_id, output.files)
@@ -265,6 +269,9 @@ async def kill_jobs(diracx: DiracXArg, job_ids: Sequence[int]) -> dict[str, str]
     Returns:
         {job id: DIRAC status after the kill} — `Killed`, or the final status of a job
         that had already ended (a Done job stays Done).
+
+    Raises:
+        CredentialsRejected / TransientServiceError: DiracX refused the credentials, or did not answer.
 
     Example:
         kill_jobs("diracx", ids)
@@ -369,6 +376,11 @@ async def run_batch(diracx: DiracXArg, job: DiracJob, max_resubmissions: int = 2
 
     Returns:
         A `DiracBatchReport` (counts, the final job of each submitted one, failures, outputs).
+
+    Raises:
+        pydantic.ValidationError: the job description is invalid (nothing was sent).
+        SubmissionIncomplete / WatchDeadlineExceeded / WatchGaveUp: see `submit_jobs` and
+            `wait_for_jobs`; jobs that failed are not errors, they are in the report.
 
     Example:
         report = run_batch("diracx", DiracJob(executable="echo", arguments="%s", parameters=["a", "b"]))

@@ -26,7 +26,10 @@ async def hub_version(hub: HubArg = "notebooks") -> str:
         hub: a `NotebooksHub` block or the name of a saved one.
 
     Returns:
-        The version string, e.g. `"5.3.0"`.
+        The version string (`"6.1.1"` on the sandbox's hub).
+
+    Raises:
+        TransientServiceError: the hub did not answer (the task retries twice first).
 
     Example:
         hub_version("notebooks")
