@@ -36,7 +36,8 @@ def test_processes_and_descriptions(dataminer):
     assert process_id("FAST_ECHO") in names and process_id("CSV_SUMMARY") in names
     described = run(describe_process.fn(block, "FAST_ECHO"))
     times, mode, tags = described.input("times"), described.input("mode"), described.input("tags")
-    assert (times.data_type, times.allowed_range, times.default, times.required) == ("integer", (1.0, 5.0), "1", False)
+    assert (times.data_type, times.default, times.required) == ("integer", "1", False)
+    assert [(r.minimum, r.maximum) for r in times.allowed_ranges] == [(1.0, 5.0)]
     assert mode.allowed_values == ("plain", "fancy") and tags.max_occurs == 3
     assert described.input("text").required
     table = run(describe_process.fn(block, "CSV_SUMMARY")).input("table")

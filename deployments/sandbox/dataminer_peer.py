@@ -6,7 +6,8 @@ The front, like DataMiner's:
 - serves status documents at `/wps/RetrieveResultServlet?id=<uuid>` (the
   statusLocation of every Execute response points there);
 - serves the files of DataMiner's `non_deterministic_output` from a storage
-  area, and a second "foreign" storage on another port that records every
+  area, and a second "foreign" host on another port (a storage, and a WFS at
+  `/wfs` answering GetFeature requests POSTed as XML) that records every
   credential it receives (a token must never reach it).
 
 For tests: `/_peer/stats` (request counters, status reads per execution as
@@ -200,25 +201,75 @@ def make_front(service: Any, state: PeerState, outputs: Path, base_url: str):
     return app
 
 
+#: The layers of the other host's WFS, as GeoServer's `outputFormat="csv"` writes them:
+#: the feature id first, then the attributes (these features have no geometry).
+WFS_LAYERS = {"sample:stations": "FID,depth,temperature\r\nstations.1,10,12.5\r\nstations.2,20,11.5\r\n"
+                                 "stations.3,30,9.0\r\n"}
+
+
+def _ows_exception(code: str, locator: str, text: str) -> bytes:
+    return ('<?xml version="1.0" encoding="UTF-8"?><ows:ExceptionReport version="1.0.0" '
+            'xmlns:ows="http://www.opengis.net/ows"><ows:Exception exceptionCode="' + code + '" locator="' + locator
+            + '"><ows:ExceptionText>' + text + "</ows:ExceptionText></ows:Exception></ows:ExceptionReport>").encode()
+
+
+def wfs_get_feature(body: bytes) -> tuple[int, str, bytes]:
+    """Another host's WFS answering a GetFeature POSTed as XML (as a WPS server sends a
+    reference with `method="POST"` and a `wps:Body`): the layer as CSV, or GeoServer's
+    exception report."""
+    from lxml import etree
+
+    try:
+        request = etree.fromstring(body)
+    except etree.XMLSyntaxError:
+        return 400, "text/xml", _ows_exception("NoApplicableCode", "", "Could not parse the request body as XML")
+    query = request.find("{http://www.opengis.net/wfs}Query")
+    layer = query.get("typeName", "") if query is not None else ""
+    if etree.QName(request).localname != "GetFeature" or layer not in WFS_LAYERS:
+        return 400, "text/xml", _ows_exception("InvalidParameterValue", "typeName", f"Feature type {layer} unknown")
+    if request.get("outputFormat", "").lower() != "csv":
+        return 400, "text/xml", _ows_exception("InvalidParameterValue", "outputFormat", "this WFS writes csv only")
+    return 200, "text/csv", WFS_LAYERS[layer].encode()
+
+
 def start_foreign_storage(storage: Path, state: PeerState) -> ThreadingHTTPServer:
-    """Another host's storage: serves files, records any credential it is sent."""
+    """Another host: a storage serving files and a WFS (`/wfs`); records any credential it is sent."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
             pass
 
-        def do_GET(self) -> None:
+        def record_credentials(self) -> None:
             for header in ("Authorization", "gcube-token", "Cookie"):
                 if self.headers.get(header):
                     state.foreign_credentials.append(f"{header} header")
             if "gcube-token" in self.path:
                 state.foreign_credentials.append("gcube-token query parameter")
-            target = storage / Path(self.path.split("?")[0]).name
-            body = target.read_bytes() if target.is_file() else b"missing"
-            self.send_response(200 if target.is_file() else 404)
+
+        def answer(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self.record_credentials()
+            if self.path.split("?")[0].endswith("/wfs"):  # no KVP request either: GeoServer's answer
+                state.count("wfs-get")
+                return self.answer(400, "text/xml", _ows_exception(
+                    "MissingParameterValue", "request", "Could not determine geoserver request from http request"))
+            target = storage / Path(self.path.split("?")[0]).name
+            self.answer(200 if target.is_file() else 404, "application/octet-stream",
+                        target.read_bytes() if target.is_file() else b"missing")
+
+        def do_POST(self) -> None:
+            self.record_credentials()
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if not self.path.split("?")[0].endswith("/wfs"):
+                return self.answer(405, "text/plain", b"method not allowed")
+            state.count("wfs-post")
+            self.answer(*wfs_get_feature(body))
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -358,7 +409,8 @@ def main(argv: list[str] | None = None) -> None:
     holder["app"] = make_front(service, state, outputs, base_url)
     # "url" is where the test controls are (never through a proxy); "wps_url" what clients use
     print(json.dumps({"url": f"http://127.0.0.1:{server.effective_port}", "wps_url": f"{base_url}/wps/WebProcessingService",
-                      "token": sorted(state.tokens)[0], "foreign_url": foreign_url, "workdir": str(folder)}),
+                      "token": sorted(state.tokens)[0], "foreign_url": foreign_url,
+                      "wfs_url": f"http://127.0.0.1:{foreign.server_address[1]}/wfs", "workdir": str(folder)}),
           flush=True)
     owner = os.getpid()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
