@@ -280,10 +280,78 @@ def keep_queued_inputs_intact() -> None:
     """PyWPS 4.8 keeps a request it queues (over `parallelprocesses`) as JSON, its inline
     ComplexData wrapped in CDATA, and unwraps it at launch with a pattern whose `.` stops at
     a newline: multi-line data (a CSV table) reached the process still wrapped, `]]>` and
-    all. DataMiner queues executions too but hands them over intact; so must the peer."""
+    all; and a bounding box lost its CRS. DataMiner queues executions too but hands them
+    over intact; so must the peer."""
     import pywps.inout.inputs
 
     pywps.inout.inputs.CDATA_PATTERN = re.compile(r"<!\[CDATA\[(.*?)\]\]>", re.DOTALL)
+    # The stored copy of a bounding box keeps its CRS, but PyWPS 4.8 does not read it back
+    # (`BoundingBoxInput.from_json` restores the CRSs offered, not the one given): the
+    # algorithm saw the input's default CRS instead of the client's.
+    if not getattr(pywps.inout.inputs.BoundingBoxInput.from_json, "keeps_crs", False):
+        restore = pywps.inout.inputs.BoundingBoxInput.from_json.__func__
+
+        def from_json(cls: Any, json_input: dict[str, Any]) -> Any:
+            box = restore(cls, json_input)
+            if json_input.get("crs"):
+                box.crs = json_input["crs"]
+            return box
+
+        from_json.keeps_crs = True  # type: ignore[attr-defined]
+        pywps.inout.inputs.BoundingBoxInput.from_json = classmethod(from_json)
+
+
+def fetch_references_with_their_body() -> None:
+    """A complex input by reference with `method="POST"` and a `wps:Body` (a WFS GetFeature,
+    as USGS' 52°North portal takes feature collections): PyWPS 4.8 parses it but cannot use
+    it — it stores the body before the URL's handler exists (NotImplementedError: HTTP 500),
+    the URL's handler then starts without it, and the stored copy of a queued or
+    asynchronous request keeps neither method nor body. DataMiner's 52°North server POSTs
+    the body; so must the peer: the body stays with the input, travels in its stored copy,
+    and is what the input's URL is fetched with."""
+    import pywps.inout.basic
+    import pywps.inout.inputs
+
+    complex_input = pywps.inout.inputs.ComplexInput
+    if getattr(complex_input, "keeps_posted_body", False):
+        return
+
+    def url_handler(self: Any, inpt: dict[str, Any]) -> str:
+        if inpt.get("method") == "POST":
+            if inpt.get("body"):
+                self.posted_body = inpt["body"]
+            elif inpt.get("bodyreference"):
+                import requests
+
+                self.posted_body = requests.get(url=inpt["bodyreference"], timeout=60).text
+            else:
+                raise AttributeError("Missing post data content.")
+        return inpt.get("href")
+
+    def post_data(handler: Any) -> Any:
+        owner = handler._ref()
+        return handler._post_data if handler._post_data is not None else getattr(owner, "posted_body", None)
+
+    stored = complex_input.json.fget
+    restore = complex_input.from_json.__func__
+
+    def json_with_body(self: Any) -> dict[str, Any]:
+        data = stored(self)
+        if getattr(self, "posted_body", None) is not None:
+            data.update(method="POST", body=self.posted_body)
+        return data
+
+    def from_json(cls: Any, json_input: dict[str, Any], validate_file: bool = True) -> Any:
+        instance = restore(cls, json_input, validate_file=validate_file)
+        if json_input.get("method") == "POST" and json_input.get("body") is not None:
+            instance.posted_body = json_input["body"]
+        return instance
+
+    pywps.inout.basic.ComplexInput.url_handler = url_handler
+    pywps.inout.basic.UrlHandler.post_data = property(post_data, pywps.inout.basic.UrlHandler.post_data.fset)
+    complex_input.json = property(json_with_body)
+    complex_input.from_json = classmethod(from_json)
+    complex_input.keeps_posted_body = True
 
 
 def outlast_a_busy_log_database() -> None:
@@ -355,6 +423,7 @@ def run_execution(config: str, identifier: str, uuid: str, request_json: str) ->
     from prefect_egi.sandbox.dataminer_processes import processes
 
     keep_queued_inputs_intact()
+    fetch_references_with_their_body()
     outlast_a_busy_log_database()
     fork_executions_from_a_clean_process(Path(config))  # the next queued execution, launched from here
     service = Service(processes(), [config])
@@ -400,6 +469,7 @@ def main(argv: list[str] | None = None) -> None:
     from pywps import Service
 
     keep_queued_inputs_intact()
+    fetch_references_with_their_body()
     outlast_a_busy_log_database()
     fork_executions_from_a_clean_process(config)
 
