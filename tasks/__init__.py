@@ -40,8 +40,8 @@ _PUBLIC = {
                                           "wait_for_executions", "fetch_outputs", "run_algorithm"],
     "prefect_egi.tasks.dataminer.adapter": ["DATAMINER_WAIT", "DataMinerAdapter"],
     "prefect_egi.tasks.dataminer.outputs": ["DataMinerResult", "OutputFile", "DataMinerExecutionFailed"],
-    "prefect_egi.tasks.dataminer.client": ["LocalFile", "ProcessSummary", "ProcessDescription", "InputSpec",
-                                           "WPSError", "WPSAuthError", "WPSServiceError", "InputValidationError",
+    "prefect_egi.tasks.dataminer.client": ["LocalFile", "Reference", "BoundingBox", "ProcessSummary",
+                                           "ProcessDescription", "InputSpec", "ValueRange", "WPSError", "WPSAuthError", "WPSServiceError", "InputValidationError",
                                            "ExecuteOutcomeUnknown"],
     # DIRAC
     "prefect_egi.tasks.dirac.block": ["DiracX"],
@@ -96,12 +96,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (tests/test_layers.py check
     from prefect_egi.tasks.dataminer.adapter import DATAMINER_WAIT, DataMinerAdapter
     from prefect_egi.tasks.dataminer.block import DataMiner
     from prefect_egi.tasks.dataminer.client import (
+        BoundingBox,
         ExecuteOutcomeUnknown,
         InputSpec,
         InputValidationError,
         LocalFile,
         ProcessDescription,
         ProcessSummary,
+        Reference,
+        ValueRange,
         WPSAuthError,
         WPSError,
         WPSServiceError,

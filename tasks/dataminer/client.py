@@ -1,17 +1,24 @@
-"""A WPS 1.0.0 client for D4Science DataMiner: owslib for the XML, our own HTTP.
+"""A WPS 1.0.0 client for D4Science DataMiner: WPS documents read as servers write them, our own HTTP.
 
 Why not owslib's transport (see shared notes): it has no timeouts, no
 connection reuse, sends the token to every output host, and its
-`execute(...)` without `output=` is synchronous. Here owslib builds the
-Execute document and parses every response; httpx does the HTTP with timeouts,
+`execute(...)` without `output=` is synchronous. httpx does the HTTP with timeouts,
 one connection pool, and the gCube token attached only to requests for the
 WPS service's own origin (scheme, host, port).
+
+Why not all of owslib's reading: DescribeProcess answers are read here, from the
+document (owslib files a complex input's default *format* as its default value, making
+required file inputs optional; keeps one allowed range; gives -1 for an absent
+maxOccurs; rewrites `true` as `True`), and so are the non-literal inputs of an Execute
+(`_WireInput`) and bounding-box outputs. owslib still parses capabilities and execute
+responses and assembles the Execute document.
 
 No Prefect imports: this is the service-access layer.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import mimetypes
 import re
@@ -35,7 +42,9 @@ from prefect_egi.tasks.http import (
 from prefect_egi.tasks.redaction import register_secret
 from prefect_egi.tasks.remote import JobState
 
+WPS = "http://www.opengis.net/wps/1.0.0"
 OWS = "http://www.opengis.net/ows/1.1"
+XLINK = "http://www.w3.org/1999/xlink"
 OGR = "http://ogr.maptools.org/"
 D4SCIENCE = "http://www.d4science.org"
 TOKEN_PARAMETER = "gcube-token"
@@ -89,9 +98,46 @@ def short_name(identifier: str) -> str:
 
 
 def _data_type(raw: str | None) -> str:
-    """owslib/PyWPS spell types as `integer`, `xs:integer` or a schema URL: keep the name."""
+    """owslib/PyWPS spell types as `integer`, `xs:integer`, a schema URL or an OGC URN: keep
+    the name. No DataType at all means a string (WPS 1.0, 10.3.1)."""
     text = (raw or "string").strip()
     return re.split(r"[#:]", text)[-1].lower() or "string"
+
+
+# -- reading WPS documents: by element names, whatever their namespace ---------------------------
+# Servers disagree on namespaces (CEDA's older documents use http://www.opengeospatial.net/ows),
+# so, as owslib does, elements are matched by their local name.
+
+def _local(node: Any) -> str:
+    return node.tag.rsplit("}", 1)[-1] if isinstance(node.tag, str) else ""
+
+
+def _child(node: Any, name: str) -> Any:
+    return None if node is None else next((c for c in node if _local(c) == name), None)
+
+
+def _children(node: Any, name: str) -> list[Any]:
+    return [] if node is None else [c for c in node if _local(c) == name]
+
+
+def _text_of(node: Any) -> str | None:
+    """The element's text, stripped; None when there is no element or no text."""
+    text = node.text.strip() if node is not None and node.text else ""
+    return text or None
+
+
+def _attribute(node: Any, name: str) -> str | None:
+    """An attribute by its local name, with or without a namespace (`ows:reference`, `reference`)."""
+    return next((v for k, v in node.attrib.items() if k.rsplit("}", 1)[-1] == name), None)
+
+
+def _unique(values: Sequence[str | None]) -> tuple[str, ...]:
+    """The values in order, each once (compared case-insensitively), the empty ones left out."""
+    seen: dict[str, str] = {}
+    for value in values:
+        if value and value.lower() not in seen:
+            seen[value.lower()] = value
+    return tuple(seen.values())
 
 
 # -- descriptions --------------------------------------------------------------------------
@@ -103,19 +149,60 @@ class ProcessSummary:
     abstract: str
 
 
+RangeClosure = Literal["closed", "open", "open-closed", "closed-open"]
+
+
+def _number_text(number: float) -> str:
+    return str(int(number)) if number.is_integer() and abs(number) < 1e15 else repr(number)
+
+
+@dataclass(frozen=True)
+class ValueRange:
+    """One `ows:Range` of a literal input's allowed values; a description may give several
+    (and single values beside them): a value is allowed when any of them allows it."""
+
+    minimum: float | None
+    maximum: float | None
+    closure: RangeClosure = "closed"
+    spacing: float | None = None
+
+    def contains(self, number: float) -> bool:
+        low_open, high_open = self.closure in ("open", "open-closed"), self.closure in ("open", "closed-open")
+        if self.minimum is not None and (number < self.minimum or (low_open and number == self.minimum)):
+            return False
+        if self.maximum is not None and (number > self.maximum or (high_open and number == self.maximum)):
+            return False
+        if self.spacing and self.minimum is not None:
+            steps = (number - self.minimum) / self.spacing
+            return abs(steps - round(steps)) <= 1e-9 * max(1.0, abs(steps))
+        return True
+
+    def __str__(self) -> str:
+        low = "" if self.minimum is None else _number_text(self.minimum)
+        high = "" if self.maximum is None else _number_text(self.maximum)
+        text = f"{low}…{high}"
+        if self.closure != "closed":
+            text = ("(" if self.closure in ("open", "open-closed") else "[") + text + (
+                ")" if self.closure in ("open", "closed-open") else "]")
+        return text + (f" in steps of {_number_text(self.spacing)}" if self.spacing else "")
+
+
 @dataclass(frozen=True)
 class InputSpec:
     identifier: str
     title: str
     abstract: str
     kind: Literal["literal", "complex", "bbox"]
-    data_type: str  # literal type name, or "complex"
+    data_type: str  # literal type name, or "complex" / "bbox"
     min_occurs: int
     max_occurs: int | None  # None: unbounded
     allowed_values: tuple[str, ...] = ()
-    allowed_range: tuple[float | None, float | None] | None = None
+    allowed_ranges: tuple[ValueRange, ...] = ()
+    #: a literal's default value, as the document writes it. Only literals have one: the
+    #: `Default` of a complex or bounding-box input names a format or a CRS, not a value.
     default: str | None = None
-    mime_types: tuple[str, ...] = ()
+    mime_types: tuple[str, ...] = ()  # complex: the formats it takes, its default first
+    crs: tuple[str, ...] = ()  # bbox: the coordinate reference systems it takes, its default first
 
     @property
     def required(self) -> bool:
@@ -129,6 +216,7 @@ class OutputSpec:
     kind: Literal["literal", "complex", "bbox"]
     data_type: str
     mime_types: tuple[str, ...] = ()
+    crs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,61 +233,112 @@ class ProcessDescription:
         return next((i for i in self.inputs if i.identifier == name), None)
 
 
-def _ranges(xml: bytes) -> dict[str, tuple[float | None, float | None]]:
-    """owslib drops `ows:Range` allowed values: read them from the document."""
-    from lxml import etree
+def _occurs(node: Any, attribute: str, element: str) -> str | None:
+    """`minOccurs="1"` (WPS 1.0), or `<MinimumOccurs>1</MinimumOccurs>` (older documents)."""
+    value = node.get(attribute)
+    return value.strip() if value is not None else _text_of(_child(node, element))
 
-    found: dict[str, tuple[float | None, float | None]] = {}
-    root = etree.fromstring(xml)
-    for node in root.iter("Input", "{http://www.opengis.net/wps/1.0.0}Input"):
-        ident = node.findtext(f"{{{OWS}}}Identifier")
-        rng = node.find(f".//{{{OWS}}}Range")
-        if ident and rng is not None:
-            low, high = rng.findtext(f"{{{OWS}}}MinimumValue"), rng.findtext(f"{{{OWS}}}MaximumValue")
-            found[ident] = (float(low) if low else None, float(high) if high else None)
-    return found
+
+def _max_occurs(raw: str | None) -> int | None:
+    """Absent: one (WPS 1.0's default); "unbounded" or a huge number (52°North writes
+    2147483647): no limit."""
+    if raw is None:
+        return 1
+    return None if raw == "unbounded" or int(raw) > 10**6 else int(raw)
+
+
+def _value_range(node: Any) -> ValueRange | None:
+    """An `ows:Range`; None when its bounds are no numbers (nothing the client can check)."""
+    try:
+        low, high, step = (_text_of(_child(node, name)) for name in ("MinimumValue", "MaximumValue", "Spacing"))
+        closure = (_attribute(node, "rangeClosure") or "closed").strip()
+        return ValueRange(float(low) if low else None, float(high) if high else None,
+                          closure if closure in ("open", "open-closed", "closed-open") else "closed",  # type: ignore[arg-type]
+                          float(step) if step else None)
+    except ValueError:
+        return None
+
+
+def _literal_domain(literal: Any) -> tuple[str, tuple[str, ...], tuple[ValueRange, ...], str | None]:
+    """(type, allowed values, allowed ranges, default) of a LiteralData/LiteralOutput, each as
+    the document writes it (owslib turns `true` into True and drops ranges)."""
+    type_node = _child(literal, "DataType")
+    data_type = _data_type((_text_of(type_node) or _attribute(type_node, "reference")) if type_node is not None else None)
+    allowed = _child(literal, "AllowedValues")
+    values = tuple(v.text.strip() for v in _children(allowed, "Value") if v.text is not None)
+    ranges = tuple(r for r in map(_value_range, _children(allowed, "Range")) if r is not None)
+    return data_type, values, ranges, _text_of(_child(literal, "DefaultValue"))
+
+
+def _formats(complex_: Any) -> tuple[str, ...]:
+    """The MIME types of a ComplexData/ComplexOutput, its default first; also the older
+    `defaultFormat` attribute and `SupportedComplexData` elements (CEDA)."""
+    mimes = [complex_.get("defaultFormat")]
+    for container in (_child(complex_, "Default"), _child(complex_, "Supported")):
+        mimes += [_text_of(_child(f, "MimeType")) for f in _children(container, "Format")]
+    mimes += [_text_of(_child(s, "Format")) for s in _children(complex_, "SupportedComplexData")]
+    return _unique(mimes)
+
+
+def _crss(bbox: Any) -> tuple[str, ...]:
+    """The CRSs of a BoundingBoxData/BoundingBoxOutput, its default first."""
+    return _unique([_text_of(c) for part in ("Default", "Supported") for c in _children(_child(bbox, part), "CRS")])
+
+
+def _input_spec(node: Any) -> InputSpec:
+    identifier = _text_of(_child(node, "Identifier")) or ""
+    common = dict(identifier=identifier, title=_text_of(_child(node, "Title")) or identifier,
+                  abstract=_text_of(_child(node, "Abstract")) or "",
+                  min_occurs=int(_occurs(node, "minOccurs", "MinimumOccurs") or 1),
+                  max_occurs=_max_occurs(_occurs(node, "maxOccurs", "MaximumOccurs")))
+    if (complex_ := _child(node, "ComplexData")) is not None:
+        return InputSpec(kind="complex", data_type="complex", mime_types=_formats(complex_), **common)
+    if (bbox := _child(node, "BoundingBoxData")) is not None:
+        return InputSpec(kind="bbox", data_type="bbox", crs=_crss(bbox), **common)
+    data_type, values, ranges, default = _literal_domain(_child(node, "LiteralData"))
+    return InputSpec(kind="literal", data_type=data_type, allowed_values=values, allowed_ranges=ranges,
+                     default=default, **common)
+
+
+def _output_spec(node: Any) -> OutputSpec:
+    identifier = _text_of(_child(node, "Identifier")) or ""
+    title = _text_of(_child(node, "Title")) or identifier
+    if (complex_ := _child(node, "ComplexOutput")) is not None:
+        return OutputSpec(identifier, title, "complex", "complex", mime_types=_formats(complex_))
+    if (bbox := _child(node, "BoundingBoxOutput")) is not None:
+        return OutputSpec(identifier, title, "bbox", "bbox", crs=_crss(bbox))
+    literal = _child(node, "LiteralOutput")
+    return OutputSpec(identifier, title, "literal", _literal_domain(literal)[0] if literal is not None else "string")
+
+
+def _flag(node: Any, name: str) -> bool:
+    return (node.get(name) or "").strip().lower() == "true"
 
 
 def parse_description(identifier: str, xml: bytes) -> ProcessDescription:
-    from owslib.wps import WebProcessingService
+    """The process `identifier` of a DescribeProcess answer, read from the document itself:
+    every allowed range, defaults as written, occurrences by WPS 1.0's defaults."""
+    from lxml import etree
 
-    wps = WebProcessingService("http://parse.invalid/wps", skip_caps=True)
     try:
-        process = wps.describeprocess(identifier, xml=xml)
-    except ValueError:
-        raise WPSServiceError(f"unknown process {identifier!r}") from None
-    ranges = _ranges(xml)
-    inputs = []
-    for item in process.dataInputs:
-        complex_ = item.dataType == "ComplexData"
-        bbox = item.dataType == "BoundingBoxData"
-        max_occurs = item.maxOccurs
-        inputs.append(InputSpec(
-            identifier=item.identifier,
-            title=item.title or item.identifier,
-            abstract=getattr(item, "abstract", "") or "",
-            kind="complex" if complex_ else "bbox" if bbox else "literal",
-            data_type="complex" if complex_ else "bbox" if bbox else _data_type(item.dataType),
-            min_occurs=int(item.minOccurs or 0),
-            max_occurs=None if max_occurs in (None, "unbounded") or (isinstance(max_occurs, (int, float)) and max_occurs > 10**6) else int(max_occurs),
-            allowed_values=tuple(str(v) for v in (item.allowedValues or []) if v != "AnyValue"),
-            allowed_range=ranges.get(item.identifier),
-            default=None if item.defaultValue in (None, "") else str(item.defaultValue),
-            mime_types=tuple(v.mimeType for v in (item.supportedValues or []) if complex_ and v.mimeType),
-        ))
-    outputs = [
-        OutputSpec(
-            identifier=o.identifier, title=o.title or o.identifier,
-            kind="complex" if o.dataType == "ComplexData" else "literal",
-            data_type="complex" if o.dataType == "ComplexData" else _data_type(o.dataType),
-            mime_types=tuple(v.mimeType for v in (getattr(o, "supportedValues", None) or []) if getattr(v, "mimeType", None)),
-        )
-        for o in process.processOutputs
-    ]
+        root = etree.fromstring(xml)
+    except etree.XMLSyntaxError:
+        raise WPSServiceError(f"DescribeProcess {short_name(identifier)}: the answer is not XML") from None
+    if _local(root) == "ExceptionReport":
+        raise WPSServiceError(_exception_text(root))
+    process = next((p for p in root.iter() if _local(p) == "ProcessDescription"
+                    and _text_of(_child(p, "Identifier")) == identifier), None)
+    if process is None:
+        raise WPSServiceError(f"unknown process {identifier!r}")
+    try:
+        inputs = tuple(_input_spec(n) for n in _children(_child(process, "DataInputs"), "Input"))
+    except ValueError as exc:  # minOccurs/maxOccurs that are no numbers
+        raise WPSServiceError(f"DescribeProcess {short_name(identifier)}: unreadable occurrences ({exc})") from None
     return ProcessDescription(
-        identifier=process.identifier, title=process.title or process.identifier,
-        abstract=getattr(process, "abstract", "") or "", inputs=tuple(inputs), outputs=tuple(outputs),
-        store_supported=bool(process.storeSupported), status_supported=bool(process.statusSupported),
+        identifier=identifier, title=_text_of(_child(process, "Title")) or identifier,
+        abstract=_text_of(_child(process, "Abstract")) or "", inputs=inputs,
+        outputs=tuple(_output_spec(n) for n in _children(_child(process, "ProcessOutputs"), "Output")),
+        store_supported=_flag(process, "storeSupported"), status_supported=_flag(process, "statusSupported"),
     )
 
 
@@ -213,8 +352,73 @@ class LocalFile:
     mime_type: str | None = None
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A complex input the server fetches itself: a URL (GET), or a request it sends with a
+    body (`method="POST"`), as a WFS GetFeature; `mime_type` says what the answer is
+    (default: the input's default format). A plain http(s) URL string is a GET reference."""
+
+    url: str
+    body: str | None = None
+    method: Literal["GET", "POST"] | None = None  # default: POST when there is a body, else GET
+    mime_type: str | None = None
+
+
+@dataclass(frozen=True)
+class BoundingBox:
+    """A bounding box (WPS BoundingBoxData): its lower and upper corners, in the axis order
+    of its CRS (EPSG:4326 is latitude first), and the CRS (default: the input's default).
+    The text `"minx,miny,maxx,maxy[,crs]"` (WPS 1.0's KVP form) works as an input too."""
+
+    lower: tuple[float, ...]
+    upper: tuple[float, ...]
+    crs: str | None = None
+
+    def __post_init__(self) -> None:  # corners given as lists become tuples (hashable, comparable)
+        for corner in ("lower", "upper"):
+            value = getattr(self, corner)
+            if isinstance(value, (list, tuple)):
+                object.__setattr__(self, corner, tuple(value))
+
+    def __str__(self) -> str:
+        corners = ", ".join(" ".join(_number_text(float(c)) for c in corner) for corner in (self.lower, self.upper))
+        return corners + (f" ({self.crs})" if self.crs else "")
+
+
 INTEGER_TYPES = ("integer", "int", "long", "short", "nonnegativeinteger", "positiveinteger")
 NUMBER_TYPES = ("float", "double", "decimal")
+BOX_FORMS = "BoundingBox(lower, upper, crs) or 'minx,miny,maxx,maxy[,crs]'"
+
+
+def _wps(name: str) -> str:
+    return f"{{{WPS}}}{name}"
+
+
+class _WireInput:
+    """A prepared WPS input element (complex data, a reference, a bounding box) for owslib's
+    Execute builder, which appends `getXml()` of every non-literal input. Built here, not by
+    owslib: its ComplexDataInput sends any text that parses with a URL scheme (`id:1,…`) as a
+    reference, and it knows neither a reference's method and body nor boxes beyond 2D."""
+
+    def __init__(self, element: Any):
+        self.element = element
+
+    def getXml(self) -> Any:  # noqa: N802 (owslib's name)
+        from copy import deepcopy
+
+        return deepcopy(self.element)
+
+
+@functools.cache
+def _wire_type() -> type:
+    """`_WireInput` as owslib's IComplexDataInput (imported on first use, as owslib is)."""
+    from owslib.wps import IComplexDataInput
+
+    return type("WireInput", (_WireInput, IComplexDataInput), {})
+
+
+def _as_wire(element: Any) -> Any:
+    return _wire_type()(element)
 
 
 def _number(name: str, value: Any, integer: bool) -> tuple[float | None, str | None]:
@@ -254,15 +458,28 @@ def _literal(spec: InputSpec, value: Any) -> tuple[str | None, str | None]:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             return None, f"{name}: expected text, got {type(value).__name__}"
         text, numeric = str(value), None
-    if spec.allowed_values and text not in spec.allowed_values and not (
-        numeric is not None and any(_same_number(numeric, a) for a in spec.allowed_values)
-    ):
-        return None, f"{name}: {text!r} is not one of {', '.join(spec.allowed_values)}"
-    if spec.allowed_range and numeric is not None:
-        low, high = spec.allowed_range
-        if (low is not None and numeric < low) or (high is not None and numeric > high):
-            return None, f"{name}: {text} is outside the allowed range {low:g}…{high:g}"
-    return text, None
+    problem = _not_allowed(spec, text, numeric)
+    return (None, problem) if problem else (text, None)
+
+
+def _not_allowed(spec: InputSpec, text: str, numeric: float | None) -> str | None:
+    """Why `text` is none of the allowed values nor in any allowed range (None: it is allowed).
+    Ranges are checked for numbers only: the client never refuses what it cannot judge."""
+    values, ranges = spec.allowed_values, spec.allowed_ranges
+    if not values and not ranges:
+        return None
+    if text in values or (numeric is not None and any(_same_number(numeric, v) for v in values)):
+        return None
+    if numeric is not None and any(r.contains(numeric) for r in ranges):
+        return None
+    if numeric is None and not values:
+        return None
+    bands = ", ".join(map(str, ranges))
+    if not ranges:
+        return f"{spec.identifier}: {text!r} is not one of {', '.join(values)}"
+    if not values:
+        return f"{spec.identifier}: {text} is outside the allowed range{'s' if len(ranges) > 1 else ''} {bands}"
+    return f"{spec.identifier}: {text!r} is not one of {', '.join(values)}, nor within {bands}"
 
 
 def _same_number(value: float, allowed: str) -> bool:
@@ -272,19 +489,84 @@ def _same_number(value: float, allowed: str) -> bool:
         return False
 
 
-def _complex(spec: InputSpec, value: Any, max_embed_bytes: int) -> tuple[Any, str | None]:
-    from owslib.wps import ComplexDataInput
+def _format(spec: InputSpec, given: str | None) -> tuple[str | None, str | None]:
+    """(the MIME type to send, problem): the one given, if the input takes it, else its default."""
+    if given is None:
+        return (spec.mime_types[0] if spec.mime_types else None), None
+    if spec.mime_types and given.lower() not in {m.lower() for m in spec.mime_types}:
+        return None, (f"{spec.identifier}: format {given!r} is not accepted "
+                      f"(this input takes {', '.join(spec.mime_types)})")
+    return given, None
 
-    mime = spec.mime_types[0] if spec.mime_types else None
+
+def _reference(spec: InputSpec, reference: Reference) -> tuple[Any, str | None]:
+    """A `wps:Reference`: the URL, the method, and for a POST its `wps:Body` — an XML body as
+    XML (as USGS' clients send a WFS GetFeature), any other body as text."""
+    from lxml import etree
+
+    name = spec.identifier
+    parts = urlsplit(reference.url) if isinstance(reference.url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        shown = WPSClient.public_url(reference.url) if isinstance(reference.url, str) else reference.url
+        return None, f"{name}: reference {shown!r} is not an http(s) URL"
+    method = (reference.method or ("POST" if reference.body is not None else "GET")).upper()
+    if method not in ("GET", "POST"):
+        return None, f"{name}: method {reference.method!r}: WPS 1.0 servers fetch references with GET or POST"
+    if method == "GET" and reference.body is not None:
+        return None, f"{name}: a body is sent with method='POST' only (method='GET' given)"
+    if method == "POST" and reference.body is None:
+        return None, f"{name}: method='POST' needs the body to send (body=…)"
+    mime, problem = _format(spec, reference.mime_type)
+    if problem:
+        return None, problem
+    element = etree.Element(_wps("Reference"), nsmap={"wps": WPS, "xlink": XLINK})
+    element.set(f"{{{XLINK}}}href", reference.url)
+    if method == "POST":
+        element.set("method", "POST")
+    if mime:
+        element.set("mimeType", mime)
+    if reference.body is not None:
+        body = etree.SubElement(element, _wps("Body"))
+        if not isinstance(reference.body, str):
+            return None, f"{name}: the body must be text (XML or any other), got {type(reference.body).__name__}"
+        if reference.body.lstrip().startswith("<"):
+            try:
+                body.append(etree.fromstring(reference.body.strip().encode()))
+            except etree.XMLSyntaxError:
+                return None, f"{name}: the body looks like XML but is not well-formed"
+        else:
+            body.text = reference.body
+    return _as_wire(element), None
+
+
+def _embedded(text: str, mime: str | None) -> Any:
+    """`wps:Data/wps:ComplexData` holding `text`."""
+    from lxml import etree
+
+    data = etree.Element(_wps("Data"), nsmap={"wps": WPS})
+    complex_ = etree.SubElement(data, _wps("ComplexData"))
+    if mime:
+        complex_.set("mimeType", mime)
+    complex_.text = text
+    return _as_wire(data)
+
+
+def _complex(spec: InputSpec, value: Any, max_embed_bytes: int) -> tuple[Any, str | None]:
+    if isinstance(value, Reference):
+        return _reference(spec, value)
     if isinstance(value, str) and urlsplit(value).scheme in ("http", "https"):
-        return ComplexDataInput(value, mimeType=mime), None
+        return _reference(spec, Reference(value))
     if isinstance(value, LocalFile):
-        path, mime = value.path, value.mime_type or mime
+        path = value.path
+        mime, problem = _format(spec, value.mime_type)
+        if problem:
+            return None, problem
     elif isinstance(value, Path) or (isinstance(value, str) and Path(value).expanduser().is_file()):
-        path = Path(value).expanduser()
+        path, mime = Path(value).expanduser(), _format(spec, None)[0]
     else:
-        return None, (f"{spec.identifier}: expected a URL (http/https) or a local file, got "
-                      f"{value!r}" if isinstance(value, str) else f"{spec.identifier}: expected a URL or a file, got {type(value).__name__}")
+        return None, (f"{spec.identifier}: expected a URL (http/https), a Reference or a local file, got "
+                      f"{value!r}" if isinstance(value, str) else
+                      f"{spec.identifier}: expected a URL, a Reference or a file, got {type(value).__name__}")
     if not path.is_file():
         return None, f"{spec.identifier}: file {path} does not exist"
     size = path.stat().st_size
@@ -295,7 +577,72 @@ def _complex(spec: InputSpec, value: Any, max_embed_bytes: int) -> tuple[Any, st
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         return None, f"{spec.identifier}: file {path} is not UTF-8 text; pass binary data by URL"
-    return ComplexDataInput(text, mimeType=mime or mimetypes.guess_type(path.name)[0]), None
+    return _embedded(text, mime or mimetypes.guess_type(path.name)[0]), None
+
+
+def _same_crs(a: str, b: str) -> bool:
+    """`EPSG:4326`, `epsg:4326`, `urn:ogc:def:crs:EPSG::4326` and the opengis.net URL are one CRS."""
+    from owslib.crs import Crs
+
+    def key(text: str) -> tuple[str, str]:
+        crs = Crs(text.strip())
+        return (crs.authority.upper(), str(crs.code).upper()) if crs.authority else ("", text.strip().lower())
+
+    return key(a) == key(b)
+
+
+def _box_of(name: str, value: Any) -> tuple[BoundingBox | None, str | None]:
+    if isinstance(value, BoundingBox):
+        return value, None
+    if not isinstance(value, str):
+        return None, f"{name}: expected a {BOX_FORMS}, got {type(value).__name__}"
+    parts = [p.strip() for p in value.split(",")]
+    crs = parts.pop() if len(parts) % 2 and parts and not _is_number(parts[-1]) else None
+    if len(parts) < 4 or len(parts) % 2 or not all(map(_is_number, parts)):
+        return None, f"{name}: expected 'minx,miny,maxx,maxy[,crs]', got {value!r}"
+    half = len(parts) // 2
+    return BoundingBox(tuple(map(float, parts[:half])), tuple(map(float, parts[half:])), crs), None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _bounding_box(spec: InputSpec, value: Any) -> tuple[Any, str | None]:
+    """`wps:Data/wps:BoundingBoxData` (crs, dimensions, corners), in a CRS the input offers,
+    spelled as the server spells it."""
+    from lxml import etree
+
+    name = spec.identifier
+    box, problem = _box_of(name, value)
+    if box is None:
+        return None, problem
+    try:
+        lower, upper = [float(c) for c in box.lower], [float(c) for c in box.upper]
+    except (TypeError, ValueError):
+        return None, f"{name}: coordinates must be finite numbers"
+    if not all(map(math.isfinite, lower + upper)):
+        return None, f"{name}: coordinates must be finite numbers"
+    if len(lower) != len(upper):
+        return None, f"{name}: the lower corner has {len(lower)} coordinates and the upper {len(upper)}"
+    if len(lower) < 2:
+        return None, f"{name}: a corner needs 2 coordinates at least"
+    crs = box.crs or (spec.crs[0] if spec.crs else None)
+    if box.crs and spec.crs:
+        crs = next((offered for offered in spec.crs if _same_crs(offered, box.crs)), None)
+        if crs is None:
+            return None, f"{name}: CRS {box.crs!r} is not offered (this input takes {', '.join(spec.crs)})"
+    data = etree.Element(_wps("Data"), nsmap={"wps": WPS, "ows": OWS})
+    element = etree.SubElement(data, _wps("BoundingBoxData"), dimensions=str(len(lower)))
+    if crs:
+        element.set("crs", crs)
+    for corner, coordinates in (("LowerCorner", lower), ("UpperCorner", upper)):
+        etree.SubElement(element, f"{{{OWS}}}{corner}").text = " ".join(map(repr, coordinates))
+    return _as_wire(data), None
 
 
 def build_inputs(
@@ -320,7 +667,8 @@ def build_inputs(
         given = values[spec.identifier]
         items = list(given) if isinstance(given, (list, tuple)) else [given]
         if spec.max_occurs is not None and len(items) > spec.max_occurs:
-            problems.append(f"{spec.identifier}: {len(items)} values given, at most {spec.max_occurs} allowed")
+            hint = f" (one box is {BOX_FORMS})" if spec.kind == "bbox" else ""
+            problems.append(f"{spec.identifier}: {len(items)} values given, at most {spec.max_occurs} allowed{hint}")
             continue
         if len(items) < spec.min_occurs:
             problems.append(f"{spec.identifier}: {len(items)} values given, at least {spec.min_occurs} needed")
@@ -329,7 +677,7 @@ def build_inputs(
             if spec.kind == "complex":
                 converted, problem = _complex(spec, item, max_embed_bytes)
             elif spec.kind == "bbox":
-                converted, problem = None, f"{spec.identifier}: bounding-box inputs are not supported yet"
+                converted, problem = _bounding_box(spec, item)
             else:
                 converted, problem = _literal(spec, item)
             if problem:
@@ -347,10 +695,11 @@ def build_inputs(
 class OutputValue:
     identifier: str
     data_type: str
-    value: Any = None  # literal outputs, converted to Python
+    value: Any = None  # literal outputs, converted to Python; a BoundingBox for a bounding box
     reference: str | None = None  # href of a referenced output
     mime_type: str | None = None
     embedded: str | None = None  # embedded complex data, as text
+    title: str = ""
 
 
 @dataclass(frozen=True)
@@ -385,6 +734,31 @@ def _cut_short(body: bytes) -> bool:
     return not head or head.startswith(b"<?xml") or b"ExecuteResponse" in head
 
 
+def _box_in(output: Any) -> Any:
+    data = _child(output, "Data")
+    return None if data is None else next(
+        (b for b in data if _local(b) in ("BoundingBoxData", "BoundingBox", "WGS84BoundingBox")), None)
+
+
+def _boxes(root: Any) -> dict[str, BoundingBox]:
+    """Bounding-box outputs by identifier (owslib reads none): `wps:BoundingBoxData` (PyWPS,
+    52°North) or `ows:BoundingBox`/`ows:WGS84BoundingBox` in the output's `wps:Data`."""
+    found = {}
+    for outputs in (n for n in root.iter() if _local(n) == "ProcessOutputs"):
+        for output in _children(outputs, "Output"):
+            box = _box_in(output)
+            if box is None:
+                continue
+            try:
+                lower, upper = (tuple(float(c) for c in (_text_of(_child(box, name)) or "").split())
+                                for name in ("LowerCorner", "UpperCorner"))
+            except ValueError:
+                continue  # corners the client cannot read: the output keeps no value rather than a guess
+            crs = box.get("crs") or ("urn:ogc:def:crs:OGC:2:84" if _local(box) == "WGS84BoundingBox" else None)
+            found[_text_of(_child(output, "Identifier")) or ""] = BoundingBox(lower, upper, crs)
+    return found
+
+
 def parse_status(xml: bytes, fallback_location: str = "") -> ExecutionStatus:
     from lxml import etree
     from owslib.wps import WPSExecution
@@ -402,8 +776,13 @@ def parse_status(xml: bytes, fallback_location: str = "") -> ExecutionStatus:
         message = "; ".join(e.text.strip() for e in execution.errors if e.text) or "the process failed"
     else:
         message = (execution.statusMessage or "").strip()
+    boxes = _boxes(root)
     outputs = []
     for out in execution.processOutputs:
+        title = getattr(out, "title", None) or ""
+        if out.identifier in boxes:
+            outputs.append(OutputValue(out.identifier, "bbox", value=boxes[out.identifier], title=title))
+            continue
         data = out.data[0] if out.data else None
         complex_ = out.dataType == "ComplexData" or out.reference or out.mimeType
         outputs.append(OutputValue(
@@ -412,13 +791,14 @@ def parse_status(xml: bytes, fallback_location: str = "") -> ExecutionStatus:
             value=None if complex_ else _python_value(out.dataType or "string", data),
             reference=out.reference,
             mime_type=out.mimeType,
-            embedded=_text(data) if complex_ and data is not None else None,
+            embedded=_as_text(data) if complex_ and data is not None else None,
+            title=title,
         ))
     progress = float(execution.percentCompleted) if execution.percentCompleted is not None else None
     return ExecutionStatus(execution.statusLocation or fallback_location, state, progress, message, tuple(outputs))
 
 
-def _text(data: Any) -> str:
+def _as_text(data: Any) -> str:
     return data.decode() if isinstance(data, bytes) else str(data)
 
 
@@ -433,31 +813,44 @@ def _exception_text(root: Any) -> str:
 
 @dataclass(frozen=True)
 class ResultFile:
-    """One entry of DataMiner's `non_deterministic_output` (`RESULT_FILES_OUTPUT`)."""
+    """A file an execution produced: a referenced output, or a file of DataMiner's result block."""
 
     description: str
     mime_type: str
     url: str
 
 
-def parse_result_files(embedded: str) -> list[ResultFile]:
-    """(description, mime type, URL) of each `ogr:Result` in the feature collection."""
+@dataclass(frozen=True)
+class ResultEntry:
+    """One `ogr:Result` of DataMiner's result block (`RESULT_FILES_OUTPUT`). gCube's
+    template writes a file's storage URL into `d4science:Data` — and for a value the
+    algorithm computed, the value itself (mime type text/plain)."""
+
+    fid: str
+    description: str
+    mime_type: str
+    data: str
+
+    @property
+    def is_file(self) -> bool:
+        """The data is a URL (`scheme://host…`), not a value."""
+        parts = urlsplit(self.data)
+        return bool(parts.scheme and parts.netloc)
+
+
+def parse_result_block(embedded: str) -> list[ResultEntry]:
+    """The entries of the result block's feature collection, in the document's order."""
     from lxml import etree
 
     try:
         root = etree.fromstring(embedded.encode())
     except etree.XMLSyntaxError:
         return []
-    files = []
-    for result in root.iter(f"{{{OGR}}}Result"):
-        url = (result.findtext(f"{{{D4SCIENCE}}}Data") or "").strip()
-        if url:
-            files.append(ResultFile(
-                description=(result.findtext(f"{{{D4SCIENCE}}}Description") or "").strip(),
-                mime_type=(result.findtext(f"{{{D4SCIENCE}}}MimeType") or "").strip(),
-                url=url,
-            ))
-    return files
+    return [ResultEntry(fid=result.get("fid") or "",
+                        description=(result.findtext(f"{{{D4SCIENCE}}}Description") or "").strip(),
+                        mime_type=(result.findtext(f"{{{D4SCIENCE}}}MimeType") or "").strip(),
+                        data=(result.findtext(f"{{{D4SCIENCE}}}Data") or "").strip())
+            for result in root.iter(f"{{{OGR}}}Result")]
 
 
 # -- the client ----------------------------------------------------------------------------------

@@ -14,7 +14,14 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field
 
 from prefect_egi.tasks.dataminer.adapter import execution_label
-from prefect_egi.tasks.dataminer.client import RESULT_FILES_OUTPUT, ResultFile, WPSClient, parse_result_files
+from prefect_egi.tasks.dataminer.client import (
+    RESULT_FILES_OUTPUT,
+    OutputValue,
+    ResultEntry,
+    ResultFile,
+    WPSClient,
+    parse_result_block,
+)
 from prefect_egi.tasks.remote import JobState
 
 
@@ -71,12 +78,37 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "output"
 
 
+def listed_again(entry: ResultEntry, outputs: tuple[OutputValue, ...]) -> bool:
+    """Whether a file of DataMiner's result block is a declared output the status document
+    already carries. DataMiner lists each declared file output a second time in the block
+    (gCube's `OutputsManager.createOutput`), described by the output's title (the
+    description gCube's mapping gives both), or at the same URL."""
+    label = entry.description.strip()
+    return any(
+        output.identifier != RESULT_FILES_OUTPUT and output.data_type == "complex"
+        and (output.reference is not None or output.embedded is not None)
+        and (output.reference == entry.data or (label and label in (output.title.strip(), output.identifier)))
+        for output in outputs)
+
+
+def _free_name(wanted: str, taken: dict[str, Any], fid: str) -> str:
+    """`wanted`, or — when an output already has that name — `wanted (F1)`."""
+    name = wanted or fid or "value"
+    return name if name not in taken else f"{name} ({fid or len(taken)})"
+
+
 async def collect_outputs(client: WPSClient, job_id: str, destination: str | Path,
                           max_bytes: int = 500 * 1024 * 1024, timeout: float = 600.0,
                           process: str = "") -> DataMinerResult:
     """Literal outputs as values; referenced and DataMiner result files downloaded into
     `<destination>/<execution id>/`. One file that fails to download is reported in its
-    `OutputFile.error`; the others are kept."""
+    `OutputFile.error`; the others are kept.
+
+    DataMiner's result block (`non_deterministic_output`) is read, never kept as a value:
+    its files are downloaded (numbered in the block's order; a declared output listed there
+    again only once, under its own name), and the values an algorithm computed — which
+    DataMiner writes in place of a URL — join `literals` under their description, as text.
+    An empty block adds nothing."""
     status = await client.status(job_id)
     result = DataMinerResult(process=process, status_location=job_id, state=status.state.value,
                              message=status.message)
@@ -84,18 +116,25 @@ async def collect_outputs(client: WPSClient, job_id: str, destination: str | Pat
         return result
     folder = Path(destination).expanduser() / _safe_name(execution_label(job_id))
     wanted: list[tuple[str, ResultFile]] = []
+    block: list[ResultEntry] = []
     for output in status.outputs:
         if output.reference:
             suffix = Path(urlsplit(output.reference).path).suffix
             wanted.append((output.identifier + suffix,
                            ResultFile(output.identifier, output.mime_type or "", output.reference)))
-        elif output.embedded is not None and output.identifier == RESULT_FILES_OUTPUT:
-            wanted += [(f"{i:02d}-{Path(urlsplit(f.url).path).name}", f)
-                       for i, f in enumerate(parse_result_files(output.embedded), start=1)]
+        elif output.identifier == RESULT_FILES_OUTPUT:
+            block = parse_result_block(output.embedded) if output.embedded else []
         elif output.embedded is not None:
             result.literals[output.identifier] = output.embedded
         else:
             result.literals[output.identifier] = output.value
+    files = [entry for entry in block if entry.is_file and not listed_again(entry, status.outputs)]
+    wanted += [(f"{i:02d}-{Path(urlsplit(entry.data).path).name}", ResultFile(entry.description, entry.mime_type,
+                                                                              entry.data))
+               for i, entry in enumerate(files, start=1)]
+    for entry in block:
+        if not entry.is_file:
+            result.literals[_free_name(entry.description, result.literals, entry.fid)] = entry.data
 
     async def fetch(name: str, item: ResultFile) -> OutputFile:
         file = OutputFile(name=name, description=item.description, mime_type=item.mime_type,

@@ -130,8 +130,10 @@ async def execute_process(dataminer: DataMinerArg, process: str, inputs: Mapping
     Args:
         dataminer: a `DataMiner` block, the name of a saved one, or None for the default.
         process: the algorithm, by short name or full id.
-        inputs: input name → value: `str`, `int`, `float`, `bool`, a list (a repeated input),
-            an http(s) URL or a local file path (a file input, embedded up to 5 MB).
+        inputs: input name → value: `str`, `int`, `float`, `bool`, a list (a repeated input);
+            for a file input an http(s) URL, a `Reference` (fetched by the server: GET, or
+            POST with a body such as a WFS GetFeature) or a local file path (embedded up to
+            5 MB); for a bounding box a `BoundingBox` or `"minx,miny,maxx,maxy[,crs]"`.
 
     Returns:
         The execution's id: its public status location URL.
@@ -200,8 +202,10 @@ async def fetch_outputs(dataminer: DataMinerArg, job_id: str, destination: str =
         process: the algorithm's name, for the report.
 
     Returns:
-        A `DataMinerResult`: `literals` (values), `files` (name, type, local path or the
-        reason it was not downloaded), the final state and message.
+        A `DataMinerResult`: `literals` (values; a `BoundingBox` for a bounding-box output;
+        the values DataMiner lists in its result block, by description, as text), `files`
+        (name, type, local path or the reason it was not downloaded; a declared output that
+        DataMiner lists again in its result block once), the final state and message.
 
     Raises:
         WPSAuthError / WPSError: the status document could not be read (a file that
