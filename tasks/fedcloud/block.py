@@ -24,12 +24,15 @@ class FedCloud(EgiBlock):
 
     Sites come from fedcloudclient's folder `~/.config/fedcloud/site-config/` (the
     `sites/*.yaml` files of fedcloud-catchall-operations), from `sites` given here, or
-    both. Each site federates your Check-in token with its Keystone.
+    both. Each Keystone endpoint federates your Check-in token once and is asked on its
+    own: a site with several endpoints (several files with one `gocdb`) is several
+    `Site`s, named `NAME@KEYSTONE-HOST` where the name alone is not enough.
 
     Args:
         checkin: where the Check-in access token comes from.
         default_vo: the VO used when a flow does not name one.
-        sites: sites given here (`Site(name=…, endpoint=…, projects={vo: project_id})`).
+        sites: sites given here (`Site(name=…, endpoint=…, projects={vo: project_id})`); one
+            replaces a site file's entry for the same name and endpoint.
         site_config_dirs: folders of site files (*.yaml).
         concurrency: sites asked at the same time.
         timeout_seconds / site_deadline_seconds: per request, and per site in all.

@@ -27,7 +27,9 @@ async def list_servers(fedcloud: FedCloudArg, site: str, vo: str | None = None) 
 
     Returns:
         `SiteServers`: the site's VMs, its project and Nova version — or its `failure`
-        (kind and message: unreachable, timeout, tls, unauthorized, vo-not-supported …).
+        (kind and message: unreachable, timeout, tls, unauthorized — the token expired —,
+        not-mapped — a valid token the site's federation does not map —, vo-not-supported,
+        unsupported-auth, server-error, error).
 
     Raises:
         ValueError: the site is not configured, names several endpoints, or no VO is named.
