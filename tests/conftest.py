@@ -331,8 +331,9 @@ def notebooks(notebooks_process, checkin) -> PeerProcess:
 
 
 # FedCloud sites of the OpenStack peer: one healthy with the VO (its project named differently,
-# as sites do), one without the VO, one old Nova (2.1) whose project is found by name, one
-# answering 503, one that never answers.
+# as sites do; a second region WAW4-1; the notebooks VO mapped for role=member), one without the
+# VO, one old Nova (2.1) whose project is found by name, one answering 503, one that never answers.
+# Mapping rules are per VO and role, as sites configure them (default role=vm_operator).
 ACCESS = "vo.access.egi.eu"
 ACCESS_PROJECT = "d1f3a2b4c5e6f708192a3b4c5d6e7f80"
 SERVERS = 5
@@ -347,6 +348,8 @@ def openstack_process(checkin_process):
         "--site", f"OLD-CLOUD:healthy:{ACCESS}",
         "--site", "BROKEN:error", "--site", "BLACKHOLE:hang",
         "--max-microversion", "OLD-CLOUD=2.1", "--servers", str(SERVERS),
+        "--rule", "CESNET-MCC:vo.notebooks.egi.eu=urn:mace:egi.eu:group:vo.notebooks.egi.eu:role=member#aai.egi.eu",
+        "--region", "CESNET-MCC=RegionOne,WAW4-1",
     )
     yield peer
     peer.stop()

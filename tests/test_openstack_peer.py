@@ -1,5 +1,7 @@
 """The OpenStack peer answers the real keystoneauth1 + novaclient as a FedCloud site
-does (so the client code is tested against the protocol, not against itself)."""
+does (so the client code is tested against the protocol, not against itself), and as a
+real Keystone 30 answered EGI-style federation (tests/data/fedcloud/keystone-30-federation.json,
+recorded by tests/data/fedcloud/record_keystone.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import socket
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import httpx
 import pytest
@@ -26,6 +29,20 @@ from prefect_egi.sandbox.openstack_peer import Jwks
 from prefect_egi.sandbox.peers import start_peer
 
 CERTS = "GET /auth/realms/egi/protocol/openid-connect/certs"
+RECORDED = json.loads((Path(__file__).parent / "data" / "fedcloud" / "keystone-30-federation.json").read_text())
+FEDERATION = "/OS-FEDERATION/identity_providers/egi.eu/protocols/openid/auth"
+#: a valid Check-in identity, a member of the VO — without the vm_operator role sites map
+CAROL = {"sub": "c4r01c4r01c4r01c4r01c4r01c4r01c4@egi.eu", "name": "Carol Member", "email": "carol@example.org",
+         "eduperson_entitlement": [f"urn:mace:egi.eu:group:{ACCESS}:role=member#aai.egi.eu"]}
+
+
+def recorded(title_start: str) -> dict:
+    return next(e for e in RECORDED["exchanges"] if e["title"].startswith(title_start))
+
+
+def carol_token(checkin) -> str:
+    checkin.process.control("user", name="carol", profile=CAROL)
+    return checkin.login(user="carol")["access_token"]
 
 
 def site(peer, name: str) -> dict:
@@ -123,9 +140,9 @@ def test_projects_of_the_user(openstack, checkin):
     alice = checkin.login()["access_token"]
     auth, sess = connect(openstack, "CESNET-MCC", alice)  # unscoped
     access = auth.get_access(sess)
-    assert access.project_id is None and access.username == "alice"
-    assert access.is_federated and access.user_domain_id == "Federated"
-    assert abs(access.expires.timestamp() - claims_of(alice)["exp"]) < 1  # Keystone's token ends with the JWT
+    # the mapping's user name is {0} = HTTP_OIDC_SUB, in the identity provider's domain
+    assert access.project_id is None and access.username == claims_of(alice)["sub"]
+    assert access.is_federated and access.user_domain_name == "egi.eu" and len(access.user_domain_id) == 32
     projects = {p["name"]: p for p in list_projects(sess)}
     assert set(projects) == {"egi-access", "vo.notebooks.egi.eu"} and projects["egi-access"]["id"] == ACCESS_PROJECT
     assert projects["egi-access"]["enabled"] and projects["egi-access"]["domain_id"] == "default"
@@ -135,21 +152,62 @@ def test_projects_of_the_user(openstack, checkin):
     assert {p["id"] for p in listed["projects"]} == {p["id"] for p in projects.values()}
     compute = scoped_auth.get_access(scoped).service_catalog.url_for(service_type="compute", interface="public")
     assert compute == site(openstack, "CESNET-MCC")["url"] + "/compute/v2.1"
-    # a site that supports none of alice's VOs: federation works, no projects, no scoping
+    # a site whose mapping has no rule for alice's entitlements: Keystone maps nobody, 401
     _, other = connect(openstack, "IFCA-LCG2", alice)
-    assert list_projects(other) == []
-    _, other = connect(openstack, "IFCA-LCG2", alice, site(openstack, "IFCA-LCG2")["projects"]["some.other.vo"]["id"])
     with pytest.raises(ks_exceptions.Unauthorized):
         other.get_token()
+    assert openstack.stats()["IFCA-LCG2"] == {"POST federation": 1, "401": 1}
 
 
 def test_user_without_vos(openstack, checkin):
     bob = checkin.login(user="bob")["access_token"]
-    _, sess = connect(openstack, "CESNET-MCC", bob)
-    assert list_projects(sess) == []
-    _, sess = connect(openstack, "CESNET-MCC", bob, ACCESS_PROJECT)
-    with pytest.raises(ks_exceptions.Unauthorized):
-        nova_client.Client(2, session=sess).servers.list()
+    for project in (None, ACCESS_PROJECT):
+        _, sess = connect(openstack, "CESNET-MCC", bob, project)
+        with pytest.raises(ks_exceptions.Unauthorized):
+            sess.get_token()
+    assert openstack.stats()["CESNET-MCC"] == {"POST federation": 2, "401": 2}
+
+
+def test_mapping_rules_are_role_specific_and_refuse_like_keystone(openstack, checkin, http):
+    """Sites map a VO's entitlement with a role (`role=vm_operator` here, as vo-mappings.yaml
+    lists for vo.access.egi.eu; `role=member` for the notebooks VO on CESNET-MCC), not any
+    entitlement naming the VO. A valid token no rule maps gets what Keystone 30 answered to
+    the same case in the recording: 401, its generic body, `WWW-Authenticate: Keystone uri=…`."""
+    url = site(openstack, "CESNET-MCC")["auth_url"] + FEDERATION
+    refused = http.post(url, headers={"Authorization": "Bearer " + carol_token(checkin)})
+    real = recorded("federation: a valid token whose entitlements match no rule")["response"]
+    assert refused.status_code == real["status"] == 401
+    assert refused.json() == real["body"]
+    assert refused.headers["WWW-Authenticate"] == f'Keystone uri="{site(openstack, "CESNET-MCC")["auth_url"]}"'
+    assert real["headers"]["WWW-Authenticate"].startswith('Keystone uri="')
+    assert "X-Subject-Token" not in refused.headers
+    info = site(openstack, "CESNET-MCC")["rules"]
+    assert info[ACCESS] == [f"urn:mace:egi.eu:group:{ACCESS}:role=vm_operator#aai.egi.eu"]
+    assert info["vo.notebooks.egi.eu"] == ["urn:mace:egi.eu:group:vo.notebooks.egi.eu:role=member#aai.egi.eu"]
+
+
+def test_federated_tokens_have_the_shape_keystone_30_gives(openstack, checkin, http):
+    """The unscoped and the rescoped token bodies carry what Keystone 30 sent in the recording
+    (same keys, methods, the member role with its implied reader, the IdP's domain), and the
+    rescoped token keeps the unscoped one's expiry."""
+    base = site(openstack, "CESNET-MCC")["auth_url"]
+    unscoped = http.post(base + FEDERATION, headers={"Authorization": "Bearer " + checkin.login()["access_token"]})
+    real = recorded("federation: a token whose entitlement the mapping maps")["response"]
+    assert unscoped.status_code == real["status"] == 201
+    body, real_body = unscoped.json()["token"], real["body"]["token"]
+    assert set(body) == set(real_body) and set(body["user"]) == set(real_body["user"])
+    assert body["methods"] == real_body["methods"] == ["openid"]
+    assert set(body["user"]["OS-FEDERATION"]) == set(real_body["user"]["OS-FEDERATION"])
+    scope = {"auth": {"identity": {"methods": ["token"], "token": {"id": unscoped.headers["X-Subject-Token"]}},
+                      "scope": {"project": {"id": ACCESS_PROJECT}}}}
+    scoped = http.post(base + "/auth/tokens", json=scope, headers={"X-Auth-Token": unscoped.headers["X-Subject-Token"]})
+    real = recorded("rescoping the unscoped token")["response"]
+    assert scoped.status_code == real["status"] == 201
+    body, real_body = scoped.json()["token"], real["body"]["token"]
+    assert set(body) == set(real_body) and body["methods"] == real_body["methods"] == ["openid", "token"]
+    assert {r["name"] for r in body["roles"]} == {r["name"] for r in real_body["roles"]} == {"member", "reader"}
+    assert body["expires_at"] == unscoped.json()["token"]["expires_at"]  # as Keystone: rescoping does not extend
+    assert real_body["expires_at"] == recorded("federation: a token whose")["response"]["body"]["token"]["expires_at"]
 
 
 def forged(issuer: str, kid: str) -> str:
@@ -203,18 +261,41 @@ def test_validation_rules():
     assert jwks.verify(jwt.encode({"alg": "HS256"}, {"iss": issuer, "exp": now + 60}, OctKey.import_key("s" * 32))) is None
 
 
-def test_tokens_expire_with_the_access_token(openstack, checkin, http):
+def test_keystone_tokens_live_by_keystones_expiry(openstack, checkin, checkin_process, http):
+    """A Keystone token lives Keystone's `[token] expiration` (3600 s by default: the recording's
+    expires_at - issued_at), not the Check-in token's lifetime; past it, 401."""
     from prefect_egi.tasks import parse_token
 
+    real = recorded("federation: a token whose")["response"]["body"]["token"]
+    lifetime = datetime.fromisoformat(real["expires_at"]) - datetime.fromisoformat(real["issued_at"])
+    assert lifetime.total_seconds() == RECORDED["keystone_token_expiration_seconds"] == 3600
     access = checkin.login(access_token_lifetime=5)["access_token"]
     auth, sess = connect(openstack, "CESNET-MCC", access, ACCESS_PROJECT)
     scoped = sess.get_token()
+    ends = auth.get_access(sess).expires
+    assert abs((ends - auth.get_access(sess).issued).total_seconds() - 3600) < 2
     compute = site(openstack, "CESNET-MCC")["url"] + "/compute/v2.1/servers/detail"
-    assert http.get(compute, headers={"X-Auth-Token": scoped}).status_code == 200
     time.sleep(max(0.0, parse_token(access).seconds_left()) + 0.2)  # past the access token's exp
-    response = http.get(compute, headers={"X-Auth-Token": scoped})
-    assert response.status_code == 401 and "WWW-Authenticate" in response.headers
+    assert http.get(compute, headers={"X-Auth-Token": scoped}).status_code == 200  # Keystone's token lives on
     assert http.get(compute, headers={"X-Auth-Token": "nonsense"}).status_code == 401
+
+    short = start_peer("openstack-expiry", "openstack_peer.py", "--issuer", checkin_process.info["issuer"],
+                       "--site", f"SHORT:healthy:{ACCESS}", "--token-expiration", "3")
+    try:
+        auth = v3.OidcAccessToken(auth_url=short.info["sites"]["SHORT"]["auth_url"], identity_provider="egi.eu",
+                                  protocol="openid", access_token=checkin.login()["access_token"],
+                                  project_id=short.info["sites"]["SHORT"]["projects"][ACCESS]["id"])
+        sess = session.Session(auth=auth)
+        scoped = sess.get_token()
+        access_info = auth.get_access(sess)
+        assert abs((access_info.expires - access_info.issued).total_seconds() - 3) < 1.5
+        compute = short.info["sites"]["SHORT"]["url"] + "/compute/v2.1/servers/detail"
+        assert http.get(compute, headers={"X-Auth-Token": scoped}).status_code == 200
+        time.sleep(max(0.0, (access_info.expires - datetime.now(timezone.utc)).total_seconds()) + 0.2)
+        response = http.get(compute, headers={"X-Auth-Token": scoped})
+        assert response.status_code == 401 and "WWW-Authenticate" in response.headers
+    finally:
+        short.stop()
 
 
 def test_token_rotation_in_a_long_lived_session(openstack, checkin):

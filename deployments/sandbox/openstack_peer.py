@@ -7,20 +7,31 @@ the paths keystoneauth1 and novaclient use:
 - Keystone: discovery (`/`, `/v3`); the federation endpoint
   `/v3/OS-FEDERATION/identity_providers/egi.eu/protocols/openid/auth`, which
   validates a Check-in access token like mod_auth_openidc (RS256 against the
-  issuer's JWKS, `iss`, `exp`) and issues an unscoped token; `GET /v3/auth/projects`;
-  `POST /v3/auth/tokens` rescoping to a project, with a service catalog;
-- Nova under `/compute`: version documents, servers (list, detail, show) and
-  flavors with microversions (flavor embedded from 2.47, 406 above the site's
-  maximum, version headers echoed) and Nova's `limit`/`marker` paging.
+  issuer's JWKS, `iss`, `exp`) and then applies the site's mapping rules as Keystone
+  does; `GET /v3/auth/projects`; `POST /v3/auth/tokens` rescoping to a project, with
+  a service catalog (compute and image, per region);
+- Nova under `/compute` (`/<region>/compute` for a site's further regions): version
+  documents, servers (list, detail, show) and flavors with microversions (flavor
+  embedded from 2.47, 406 above the site's maximum, version headers echoed) and
+  Nova's `limit`/`marker` paging;
+- Glance under `/image`: `GET /v2/images` with Glance's `limit`/`marker` paging and
+  `next` link.
 
-A user's VOs come from `eduperson_entitlement` (`urn:mace:egi.eu:group:<vo>:...`)
-as in EGI's Keystone mappings; a site's projects are given per VO on the command
-line. A site can also be `error` (503 on everything) or `hang` (a black hole).
-Tokens are opaque ids kept in memory that expire with the access token.
+Mapping as EGI sites configure it (docs.egi.eu providers/cloud-compute/openstack
+vo-config; tests/data/fedcloud/keystone-30-federation.json records a real Keystone 30
+doing it): one rule per VO whose `OIDC-eduperson_entitlement` must match
+`^<entitlement>$`, by default `urn:mace:egi.eu:group:<vo>:role=vm_operator#aai.egi.eu`
+(what fedcloud-catchall-operations' vo-mappings.yaml lists for most VOs; `--rule`
+sets another). An identity that no rule maps gets Keystone's 401 — the same answer an
+expired token gets. A site can also be `error` (503 on everything) or `hang` (a black hole).
+Tokens are opaque ids kept in memory that live Keystone's own `--token-expiration`
+(3600 s, Keystone's default; a rescoped token keeps its unscoped token's expiry),
+not the Check-in token's.
 
 A control port serves `/_peer/stats`, `/_peer/reset`, `/_peer/fault`, `/_peer/mode`.
 
-Run: `python openstack_peer.py --issuer URL --site NAME:healthy:vo.access.egi.eu=PROJECT_ID`
+Run: `python openstack_peer.py --issuer URL --site NAME:healthy:vo.access.egi.eu=PROJECT_ID
+[--rule NAME:VO=ENTITLEMENT] [--region NAME=RegionOne,WAW4-1] [--token-expiration 3600]`
 prints one JSON line with the URLs, then serves until SIGTERM.
 """
 
@@ -54,7 +65,16 @@ MIN_MICROVERSION, FLAVOR_EMBEDDED = (2, 1), (2, 47)
 MAX_LIMIT = 1000  # Nova's default [api] max_limit
 JWKS_REFETCH_INTERVAL = 1.0  # an unknown kid refetches the JWKS at most this often
 KEYSTONE_VERSION = {"id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z"}
-MEMBER_ROLE = {"id": "9fe2ff9ee4384b1894a90878d3e92bab", "name": "member"}
+# a scoped token lists the role given to the VO's group and the roles it implies, as Keystone does
+ROLES = [{"id": "7a645a98889049be98f00bdec123ccb0", "name": "reader", "domain_id": None, "description": None,
+          "options": {"immutable": True}},
+         {"id": "8ed1eab11b0d44508aaa333ec1c6435c", "name": "member", "domain_id": None, "description": None,
+          "options": {"immutable": True}}]
+#: the domain Keystone creates for the identity provider (EGI's guide renames it to egi.eu)
+IDP_DOMAIN = {"id": hashlib.sha256(b"egi.eu idp domain").hexdigest()[:32], "name": "egi.eu"}
+TOKEN_EXPIRATION = 3600  # Keystone's [token] expiration default
+DEFAULT_REGION = "RegionOne"
+IMAGE_PAGE_DEFAULT, IMAGE_PAGE_MAX = 25, 1000  # Glance's limit_param_default and api_limit_max
 NOVA_FAULT_NAMES = {400: "badRequest", 401: "unauthorized", 403: "forbidden", 404: "itemNotFound", 503: "serviceUnavailable"}
 TITLES = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 503: "Service Unavailable"}
 UNAUTHENTICATED = "The request you have made requires authentication."
@@ -67,7 +87,12 @@ FLAVORS = [
     {"id": "6a1f0f4c-5b3e-4c8e-9d55-3f1c2b9a7e10", "name": "g1.xlarge-t4", "vcpus": 8, "ram": 32768, "disk": 80,
      "ephemeral": 100, "swap": 0, "extra_specs": {"pci_passthrough:alias": "nvidia-t4:1", "hw:cpu_policy": "dedicated"}},
 ]
-IMAGES = ["8c5b9c1e-0a2f-4c57-9e0b-0d6f1f5f6a01", "2f0e5c44-6b0d-4a8f-8f3e-6e2d1c0b9a02", "d3a1b7f2-9c4e-4e1a-b5d6-7f8e9a0b1c03"]
+# (id, name) as the catch-all image sync names the images it brings from AppDB
+IMAGES = [("8c5b9c1e-0a2f-4c57-9e0b-0d6f1f5f6a01", "EGI Ubuntu 22.04 [Ubuntu/22.04/VirtualBox]"),
+          ("2f0e5c44-6b0d-4a8f-8f3e-6e2d1c0b9a02", "EGI AlmaLinux 9 [AlmaLinux/9/KVM]"),
+          ("d3a1b7f2-9c4e-4e1a-b5d6-7f8e9a0b1c03", "EGI Docker [Ubuntu/22.04/VirtualBox]")]
+# images of the site that no VM uses, so that listing them takes Glance's pages
+SPARE_IMAGES = [(str(uuid.uuid5(uuid.NAMESPACE_URL, f"spare-image/{n}")), f"EGI spare image {n}") for n in range(40)]
 # (status, vm_state, power_state, task_state): the cycle the fake servers go through
 STATES = [("ACTIVE", "active", 1, None), ("SHUTOFF", "stopped", 4, None), ("ERROR", "error", 0, None),
           ("ACTIVE", "active", 1, None), ("BUILD", "building", 0, "spawning"), ("PAUSED", "paused", 3, None),
@@ -127,55 +152,81 @@ class Site:
     name: str
     mode: str
     projects: dict[str, Project]  # by VO
+    rules: dict[str, list[str]] = field(default_factory=dict)  # VO → entitlements its mapping rule accepts
+    regions: list[str] = field(default_factory=lambda: [DEFAULT_REGION])
+    token_expiration: int = TOKEN_EXPIRATION
     max_microversion: tuple[int, int] = (2, 79)
     initial_mode: str = ""
     url: str = ""
     counters: Counter[str] = field(default_factory=Counter)
     fault: Fault | None = None
     tokens: dict[str, Token] = field(default_factory=dict)
-    servers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # project id -> newest first
+    servers: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)  # (project, region) -> newest first
+
+    def rule_for(self, vo: str) -> list[str]:
+        return self.rules.get(vo) or [f"{ENTITLEMENT}{vo}:role=vm_operator#aai.egi.eu"]
+
+    def mapped_vos(self, entitlements: list[str]) -> set[str]:
+        """The VOs whose mapping rule one of these entitlements satisfies (Keystone's regex
+        `any_one_of` with `^…$`: the whole entitlement, role and all)."""
+        held = set(entitlements)
+        return {vo for vo in self.projects if held & set(self.rule_for(vo))}
 
     @property
     def auth_url(self) -> str:
         return f"{self.url}/v3"
 
-    @property
-    def compute_url(self) -> str:
-        return f"{self.url}/compute/v2.1"
+    def prefix(self, region: str) -> str:
+        """Where a region's services live: the first region at the root, others under `/<region>`."""
+        return "" if region == self.regions[0] else f"/{region}"
+
+    def compute_url(self, region: str | None = None) -> str:
+        return f"{self.url}{self.prefix(region or self.regions[0])}/compute/v2.1"
+
+    def image_url(self, region: str | None = None) -> str:
+        return f"{self.url}{self.prefix(region or self.regions[0])}/image"
 
     def catalog(self) -> list[dict[str, Any]]:
-        def service(kind: str, name: str, url: str) -> dict[str, Any]:
+        def service(kind: str, name: str, url_of) -> dict[str, Any]:
             return {"id": hexid(self.name, kind), "type": kind, "name": name, "endpoints": [
-                {"id": hexid(self.name, kind, interface), "interface": interface, "region": "RegionOne",
-                 "region_id": "RegionOne", "url": url} for interface in ("public", "internal")]}
-        return [service("compute", "nova", self.compute_url), service("identity", "keystone", self.auth_url)]
+                {"id": hexid(self.name, kind, region, interface), "interface": interface, "region": region,
+                 "region_id": region, "url": url_of(region)}
+                for region in self.regions for interface in ("public", "internal")]}
+        return [service("compute", "nova", self.compute_url), service("image", "glance", self.image_url),
+                service("identity", "keystone", lambda region: self.auth_url)]
 
     def populate(self, count: int) -> None:
-        """`count` deterministic servers per project, in Nova's default order (newest first)."""
+        """`count` deterministic servers per project and region, in Nova's default order (newest first)."""
         for project in self.projects.values():
-            servers = []
-            for n in range(1, count + 1):
-                status, vm_state, power, task = STATES[(n - 1) % len(STATES)]
-                created = EPOCH + timedelta(days=9 * n + len(self.name), hours=n, minutes=7 * n)
-                net = f"{project.vo}-net"
-                addresses = {} if status in ("ERROR", "BUILD") else {net: [
-                    {"version": 4, "addr": f"192.168.{n % 250}.{10 + n}", "OS-EXT-IPS:type": "fixed",
-                     "OS-EXT-IPS-MAC:mac_addr": f"fa:16:3e:{n % 256:02x}:{len(self.name):02x}:0{n % 10}"},
-                    {"version": 4, "addr": f"203.0.113.{(7 * n + len(self.name)) % 250 + 1}", "OS-EXT-IPS:type": "floating",
-                     "OS-EXT-IPS-MAC:mac_addr": f"fa:16:3e:{n % 256:02x}:{len(self.name):02x}:0{n % 10}"}]}
-                servers.append({
-                    "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.name}/{project.id}/{n}")),
-                    "name": f"vm-{self.name}-{n}", "status": status, "vm_state": vm_state, "power_state": power,
-                    "task_state": task, "project": project, "created": created,
-                    "updated": created + timedelta(minutes=2 if status == "ERROR" else 3 * 24 * 60 + n),
-                    "image": "" if n == 2 else IMAGES[n % len(IMAGES)],  # the second one boots from a volume
-                    "volume": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.name}/{project.id}/{n}/volume")) if n == 2 else None,
-                    "flavor": FLAVORS[(n - 1) % len(FLAVORS)], "addresses": addresses,
-                    "key_name": "alice-key" if n % 2 else None,
-                    "metadata": {"eosc.vo": project.vo} if n % 3 == 1 else {},
-                })
-            servers.sort(key=lambda s: (s["created"], s["id"]), reverse=True)
-            self.servers[project.id] = servers
+            for region in self.regions:
+                self.servers[(project.id, region)] = self._servers(project, region, count)
+
+    def _servers(self, project: Project, region: str, count: int) -> list[dict[str, Any]]:
+        """The project's servers in one region (its first region's keep the plain names)."""
+        servers = []
+        where = self.name if region == self.regions[0] else f"{self.name}-{region}"
+        for n in range(1, count + 1):
+            status, vm_state, power, task = STATES[(n - 1) % len(STATES)]
+            created = EPOCH + timedelta(days=9 * n + len(self.name), hours=n, minutes=7 * n)
+            net = f"{project.vo}-net"
+            addresses = {} if status in ("ERROR", "BUILD") else {net: [
+                {"version": 4, "addr": f"192.168.{n % 250}.{10 + n}", "OS-EXT-IPS:type": "fixed",
+                 "OS-EXT-IPS-MAC:mac_addr": f"fa:16:3e:{n % 256:02x}:{len(self.name):02x}:0{n % 10}"},
+                {"version": 4, "addr": f"203.0.113.{(7 * n + len(self.name)) % 250 + 1}", "OS-EXT-IPS:type": "floating",
+                 "OS-EXT-IPS-MAC:mac_addr": f"fa:16:3e:{n % 256:02x}:{len(self.name):02x}:0{n % 10}"}]}
+            servers.append({
+                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{where}/{project.id}/{n}")),
+                "name": f"vm-{where}-{n}", "status": status, "vm_state": vm_state, "power_state": power,
+                "task_state": task, "project": project, "created": created,
+                "updated": created + timedelta(minutes=2 if status == "ERROR" else 3 * 24 * 60 + n),
+                "image": "" if n == 2 else IMAGES[n % len(IMAGES)][0],  # the second one boots from a volume
+                "volume": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.name}/{project.id}/{n}/volume")) if n == 2 else None,
+                "flavor": FLAVORS[(n - 1) % len(FLAVORS)], "addresses": addresses,
+                "key_name": "alice-key" if n % 2 else None,
+                "metadata": {"eosc.vo": project.vo} if n % 3 == 1 else {},
+            })
+        servers.sort(key=lambda s: (s["created"], s["id"]), reverse=True)
+        return servers
 
 
 class Jwks:
@@ -248,6 +299,7 @@ ROUTES = [(methods, name, re.compile(pattern + r"\Z"), handler) for methods, nam
     ("GET", "flavors/detail", r"/compute/v2\.1/flavors/detail", "list_flavors"),
     ("GET", "flavors", r"/compute/v2\.1/flavors", "list_flavors"),
     ("GET", "flavor", r"/compute/v2\.1/flavors/([^/]+)", "show_flavor"),
+    ("GET", "images", r"/image/v2/images", "list_images"),
 ]]
 
 
@@ -289,12 +341,19 @@ class SiteHandler(Quiet):
         split = urlsplit(self.path)
         self.query = parse_qs(split.query)
         self.body = self._body()  # read first: a keep-alive connection must not keep it
-        self.compute = split.path.startswith("/compute")
-        name, handler, args = f"{method} {split.path}", None, ()
+        path, self.region = split.path, self.site.regions[0]
+        for region in self.site.regions[1:]:  # a further region's services: /<region>/compute, /<region>/image
+            if path.startswith(f"/{region}/"):
+                path, self.region = path[len(region) + 1:], region
+                break
+        self.compute = path.startswith("/compute")
+        name, handler, args = f"{method} {path}", None, ()
         for methods, route, pattern, target in ROUTES:
-            if method in methods.split() and (match := pattern.match(split.path)):
+            if method in methods.split() and (match := pattern.match(path)):
                 name, handler, args = f"{method} {route}", getattr(self, target), match.groups()
                 break
+        if self.region != self.site.regions[0]:
+            name += f" [{self.region}]"
         site, peer = self.site, self.peer
         with peer.lock:
             site.counters[name] += 1
@@ -354,7 +413,7 @@ class SiteHandler(Quiet):
         if token.project:
             project = token.project
             body.update(project={"id": project.id, "name": project.name, "domain": {"id": "default", "name": "Default"}},
-                        is_domain=False, roles=[MEMBER_ROLE])
+                        is_domain=False, roles=[dict(role) for role in ROLES])
             if "nocatalog" not in self.query:
                 body["catalog"] = self.site.catalog()
         self._send(status, {"token": body}, {"X-Subject-Token": token_id})
@@ -380,16 +439,19 @@ class SiteHandler(Quiet):
         claims = self.peer.jwks.verify(header[7:].strip()) if header[:7].lower() == "bearer " else None
         if claims is None:
             return self._unauthorized()
-        vos = frozenset(value[len(ENTITLEMENT):].split(":")[0].split("#")[0]
-                        for value in claims.get("eduperson_entitlement") or [] if value.startswith(ENTITLEMENT))
-        groups = [{"id": hexid(self.site.name, "group", vo)} for vo in sorted(vos & self.site.projects.keys())]
-        user = {"id": hashlib.sha256(f"{claims['sub']}{IDP}".encode()).hexdigest(),
-                "name": claims.get("preferred_username") or claims["sub"],
-                "domain": {"id": "Federated", "name": "Federated"},
-                "OS-FEDERATION": {"identity_provider": {"id": IDP}, "protocol": {"id": PROTOCOL}, "groups": groups},
-                "password_expires_at": None}
+        entitlements = claims.get("eduperson_entitlement") or []
+        vos = frozenset(self.site.mapped_vos([entitlements] if isinstance(entitlements, str) else list(entitlements)))
+        if not vos:
+            # Keystone: "Could not map any federated user properties to identity values" → 401,
+            # with the same body as for an expired token (tests/data/fedcloud/keystone-30-federation.json)
+            return self._unauthorized()
+        groups = [{"id": hexid(self.site.name, "group", vo)} for vo in sorted(vos)]
+        # the mapping's user name is {0} = HTTP_OIDC_SUB; Keystone's user id is a hash of it
+        user = {"domain": dict(IDP_DOMAIN), "id": hashlib.sha256(f"{claims['sub']}{IDP}".encode()).hexdigest(),
+                "name": claims["sub"],
+                "OS-FEDERATION": {"groups": groups, "identity_provider": {"id": IDP}, "protocol": {"id": PROTOCOL}}}
         now = time.time()
-        self._issue(Token(user, vos, now, float(claims["exp"]), ["openid"], [secrets.token_urlsafe(16)]))
+        self._issue(Token(user, vos, now, now + self.site.token_expiration, ["openid"], [secrets.token_urlsafe(16)]))
 
     def auth_projects(self) -> None:
         token = self._token(self.headers.get("X-Auth-Token"))
@@ -420,6 +482,7 @@ class SiteHandler(Quiet):
                             and (p.id == wanted.get("id") or ("id" not in wanted and p.name == wanted.get("name")))), None)
             if project is None:  # unknown, or not one of the user's: Keystone says 401 either way
                 return self._unauthorized()
+        # a rescoped token keeps the expiry of the token it came from (Keystone does not extend it)
         self._issue(Token(token.user, token.vos, time.time(), token.expires_at, sorted({"token", *token.methods}),
                           [secrets.token_urlsafe(16), token.audit_ids[0]], project))
 
@@ -427,7 +490,7 @@ class SiteHandler(Quiet):
     def _nova_version(self) -> dict[str, Any]:
         return {"id": "v2.1", "status": "CURRENT", "version": "%d.%d" % self.site.max_microversion,
                 "min_version": "%d.%d" % MIN_MICROVERSION, "updated": "2013-07-23T11:33:21Z",
-                "links": [{"rel": "self", "href": f"{self.site.compute_url}/"}],
+                "links": [{"rel": "self", "href": f"{self.site.compute_url(self.region)}/"}],
                 "media-types": [{"base": "application/json", "type": "application/vnd.openstack.compute+json;version=2.1"}]}
 
     def compute_versions(self) -> None:
@@ -469,8 +532,8 @@ class SiteHandler(Quiet):
                                "Vary": "OpenStack-API-Version, X-OpenStack-Nova-API-Version"})
 
     def _links(self, kind: str, item_id: str) -> list[dict[str, str]]:
-        return [{"rel": "self", "href": f"{self.site.compute_url}/{kind}/{item_id}"},
-                {"rel": "bookmark", "href": f"{self.site.url}/compute/{kind}/{item_id}"}]
+        return [{"rel": "self", "href": f"{self.site.compute_url(self.region)}/{kind}/{item_id}"},
+                {"rel": "bookmark", "href": f"{self.site.url}{self.site.prefix(self.region)}/compute/{kind}/{item_id}"}]
 
     def _flavor(self, flavor: dict[str, Any], version: tuple[int, int]) -> dict[str, Any]:
         if version < FLAVOR_EMBEDDED:
@@ -511,7 +574,7 @@ class SiteHandler(Quiet):
         if (context := self._context()) is None:
             return
         token, version = context
-        servers = self.site.servers.get(token.project.id, [])
+        servers = self.site.servers.get((token.project.id, self.region), [])
         arg = {name: values[-1] for name, values in self.query.items()}
         if status := arg.get("status"):
             servers = [s for s in servers if s["status"] == status.upper()]
@@ -536,14 +599,14 @@ class SiteHandler(Quiet):
         if page and len(page) == limit:  # Nova links a next page whenever the page is full
             query = urlencode(dict(sorted({**arg, "marker": page[-1]["id"]}.items())))
             collection = "servers/detail" if detail else "servers"
-            body["servers_links"] = [{"rel": "next", "href": f"{self.site.compute_url}/{collection}?{query}"}]
+            body["servers_links"] = [{"rel": "next", "href": f"{self.site.compute_url(self.region)}/{collection}?{query}"}]
         self._send_versioned(version, body)
 
     def show_server(self, server_id: str) -> None:
         if (context := self._context()) is None:
             return
         token, version = context
-        found = next((s for s in self.site.servers.get(token.project.id, []) if s["id"] == server_id), None)
+        found = next((s for s in self.site.servers.get((token.project.id, self.region), []) if s["id"] == server_id), None)
         if found is None:
             return self._error(404, f"Instance {server_id} could not be found.")
         self._send_versioned(version, {"server": self._server(found, version)})
@@ -570,6 +633,43 @@ class SiteHandler(Quiet):
         if found is None:
             return self._error(404, f"Flavor {flavor_id} could not be found.")
         self._send_versioned(context[1], {"flavor": self._flavor_doc(found, True)})
+
+
+    # -- Glance -------------------------------------------------------------------------
+    def _image_doc(self, image_id: str, name: str) -> dict[str, Any]:
+        """An image as Glance v2 lists it (openstack/glance api-ref images-list-response.json)."""
+        created = iso(EPOCH - timedelta(days=len(name)))
+        return {"status": "active", "name": name, "tags": [], "container_format": "bare", "created_at": created,
+                "disk_format": "qcow2", "updated_at": created, "visibility": "public", "self": f"/v2/images/{image_id}",
+                "min_disk": 0, "protected": False, "id": image_id, "file": f"/v2/images/{image_id}/file",
+                "checksum": hashlib.md5(image_id.encode()).hexdigest(), "owner": hexid(self.site.name, "image-owner"),
+                "size": 1024 * 1024 * (100 + len(name)), "min_ram": 0, "schema": "/v2/schemas/image",
+                "virtual_size": None}
+
+    def list_images(self) -> None:
+        """`GET /v2/images`: Glance's paging (`limit`, default 25, at most 1000; `marker`; a `next`
+        link while a page is full), behind keystonemiddleware like Nova."""
+        if self._token(self.headers.get("X-Auth-Token"), scoped=True) is None:
+            return self._unauthorized()
+        images = IMAGES + SPARE_IMAGES
+        arg = {name: values[-1] for name, values in self.query.items()}
+        try:
+            limit = min(int(arg.get("limit", IMAGE_PAGE_DEFAULT)), IMAGE_PAGE_MAX)
+            if limit < 0:
+                raise ValueError
+        except ValueError:
+            return self._error(400, "limit param must be an integer")
+        if marker := arg.get("marker"):
+            index = next((i for i, (image_id, _) in enumerate(images) if image_id == marker), None)
+            if index is None:
+                return self._error(404, f"No image found with ID {marker}")
+            images = images[index + 1:]
+        page = images[:limit]
+        body: dict[str, Any] = {"images": [self._image_doc(i, n) for i, n in page], "schema": "/v2/schemas/images",
+                                "first": "/v2/images" + (f"?limit={arg['limit']}" if "limit" in arg else "")}
+        if page and len(page) == limit:
+            body["next"] = f"/v2/images?{urlencode(dict(sorted({**arg, 'marker': page[-1][0]}.items())))}"
+        self._send(200, body)
 
 
 class ControlHandler(Quiet):
@@ -633,6 +733,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--site", type=parse_site, action="append", required=True, metavar="SPEC",
                         help="NAME:healthy|error|hang[:VO=PROJECT_ID[/PROJECT_NAME],...]")
     parser.add_argument("--max-microversion", action="append", default=[], metavar="NAME=2.79")
+    parser.add_argument("--rule", action="append", default=[], metavar="NAME:VO=ENTITLEMENT",
+                        help="an entitlement the site's mapping rule for VO accepts (repeatable; default: "
+                             "urn:mace:egi.eu:group:VO:role=vm_operator#aai.egi.eu)")
+    parser.add_argument("--region", action="append", default=[], metavar="NAME=REGION[,REGION...]",
+                        help=f"the site's regions, its default first (default: {DEFAULT_REGION})")
+    parser.add_argument("--token-expiration", type=int, default=TOKEN_EXPIRATION,
+                        help="seconds a Keystone token lives (Keystone's [token] expiration)")
     parser.add_argument("--servers", type=int, default=3, help="fake servers per project")
     args = parser.parse_args(argv)
     sites = {site.name: site for site in args.site}
@@ -641,6 +748,19 @@ def main(argv: list[str] | None = None) -> None:
         if name not in sites or not (match := re.fullmatch(r"2\.(\d+)", value)):
             parser.error(f"bad --max-microversion {item!r}: want SITE=2.N for a site given with --site")
         sites[name].max_microversion = (2, int(match[1]))
+    for item in args.rule:
+        name, _, rest = item.partition(":")
+        vo, _, entitlement = rest.partition("=")
+        if name not in sites or vo not in sites[name].projects or not entitlement.startswith(ENTITLEMENT):
+            parser.error(f"bad --rule {item!r}: want SITE:VO=urn:mace:egi.eu:group:... for a VO of that site")
+        sites[name].rules.setdefault(vo, []).append(entitlement)
+    for item in args.region:
+        name, _, regions = item.partition("=")
+        if name not in sites or not all(re.fullmatch(r"[A-Za-z0-9_.-]+", r) for r in regions.split(",")):
+            parser.error(f"bad --region {item!r}: want SITE=REGION[,REGION...] for a site given with --site")
+        sites[name].regions = regions.split(",")
+    for site in sites.values():
+        site.token_expiration = args.token_expiration
     peer = Peer(args.issuer.rstrip("/"), sites, Jwks(args.issuer.rstrip("/")))
     servers = []
     for site in sites.values():
@@ -652,6 +772,7 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"url": f"http://127.0.0.1:{servers[-1].server_address[1]}", "sites": {
         name: {"url": site.url, "auth_url": site.auth_url, "mode": site.mode,
                "projects": {vo: {"id": p.id, "name": p.name} for vo, p in site.projects.items()},
+               "rules": {vo: site.rule_for(vo) for vo in site.projects}, "regions": site.regions,
                "max_microversion": "%d.%d" % site.max_microversion} for name, site in sites.items()}}), flush=True)
     try:
         while not peer.stop.wait(0.5):

@@ -8,7 +8,14 @@ from pydantic import Field, PrivateAttr
 
 from prefect_egi.tasks.block_base import EgiBlock
 from prefect_egi.tasks.checkin.block import CheckinCredentials
-from prefect_egi.tasks.fedcloud.client import SITE_CONFIG_DIR, Site, SitePool, load_site_configs
+from prefect_egi.tasks.fedcloud.client import (
+    SITE_CONFIG_DIR,
+    Site,
+    SitePool,
+    load_site_configs,
+    merge_sites,
+    select_sites,
+)
 from prefect_egi.tasks.http import tls_verify
 
 
@@ -17,12 +24,15 @@ class FedCloud(EgiBlock):
 
     Sites come from fedcloudclient's folder `~/.config/fedcloud/site-config/` (the
     `sites/*.yaml` files of fedcloud-catchall-operations), from `sites` given here, or
-    both. Each site federates your Check-in token with its Keystone.
+    both. Each Keystone endpoint federates your Check-in token once and is asked on its
+    own: a site with several endpoints (several files with one `gocdb`) is several
+    `Site`s, named `NAME@KEYSTONE-HOST` where the name alone is not enough.
 
     Args:
         checkin: where the Check-in access token comes from.
         default_vo: the VO used when a flow does not name one.
-        sites: sites given here (`Site(name=…, endpoint=…, projects={vo: project_id})`).
+        sites: sites given here (`Site(name=…, endpoint=…, projects={vo: project_id})`); one
+            replaces a site file's entry for the same name and endpoint.
         site_config_dirs: folders of site files (*.yaml).
         concurrency: sites asked at the same time.
         timeout_seconds / site_deadline_seconds: per request, and per site in all.
@@ -63,25 +73,24 @@ class FedCloud(EgiBlock):
         return self._pool
 
     def all_sites(self) -> list[Site]:
-        """Inline sites first; a site-config file with the same name does not override them."""
-        found = {site.name: site for site in load_site_configs(self.site_config_dirs)}
-        found.update({site.name: site for site in self.sites})
-        return sorted(found.values(), key=lambda s: s.name)
+        """Every configured Keystone endpoint, once: the site files' and the inline ones (an
+        inline `Site` replaces a file's entry for the same name and endpoint). A site with
+        several endpoints (several files with one `gocdb`) is listed once per endpoint."""
+        return merge_sites(self.sites, load_site_configs(self.site_config_dirs))
 
-    def choose(self, names: Sequence[str] | None = None) -> list[Site]:
-        """The sites called `names` (every configured site when empty), or an error naming
-        the unknown ones and what is configured."""
+    def choose(self, names: Sequence[str] | None = None, *, vo: str | None = None, single: bool = False,
+               field: str = "sites") -> list[Site]:
+        """The endpoints `names` name (every configured one when empty), or an error naming the
+        unknown ones and what is configured.
+
+        A name is a site name (all its endpoints), `NAME@KEYSTONE-HOST` (one endpoint of a site
+        with several) or a Keystone URL. With `single` exactly one endpoint must result: a site
+        name with several endpoints is narrowed to the one whose configuration lists `vo`."""
         sites = self.all_sites()
-        if not names:
-            if not sites:
-                raise ValueError("sites: no FedCloud site is configured — add sites to the block, or site files "
-                                 f"to {', '.join(self.site_config_dirs)}")
-            return sites
-        known = {s.name: s for s in sites}
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ValueError(f"sites: unknown site(s) {', '.join(unknown)}; configured: {', '.join(known) or 'none'}")
-        return [known[n] for n in names]
+        if not names and not sites:
+            raise ValueError(f"{field}: no FedCloud site is configured — add sites to the block, or site files "
+                             f"to {', '.join(self.site_config_dirs)}")
+        return select_sites(sites, names, vo=vo, single=single, field=field)
 
     def vo_or_default(self, vo: str | None) -> str:
         """`vo`, else the block's default VO, else an error saying how to name one."""

@@ -7,13 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from prefect_egi.tasks.fedcloud.client import VM, Site, SiteFailure, SitePool, SiteServers, site_servers
+from prefect_egi.tasks.fedcloud.client import (
+    VM,
+    Site,
+    SiteFailure,
+    SitePool,
+    SiteServers,
+    endpoint_label,
+    site_servers,
+)
 
 
 class Inventory(BaseModel):
@@ -27,8 +36,14 @@ class Inventory(BaseModel):
     def failures(self) -> list[SiteFailure]:
         return [s.failure for s in self.sites if s.failure is not None]
 
+    def label(self, row: VM | SiteServers | SiteFailure) -> str:
+        """The site's name — or `NAME@KEYSTONE-HOST` when this inventory asked several endpoints
+        of that site (a site is not a name: each endpoint answers for itself)."""
+        repeated = Counter(answer.site for answer in self.sites)
+        return endpoint_label(row.site, row.endpoint) if repeated[row.site] > 1 and row.endpoint else row.site
+
     def table(self) -> list[dict[str, Any]]:
-        return [{"site": v.site, "name": v.name, "status": v.status, "flavor": v.flavor, "image": v.image,
+        return [{"site": self.label(v), "name": v.name, "status": v.status, "flavor": v.flavor, "image": v.image,
                  "addresses": ", ".join(v.addresses), "age": v.age, "id": v.id} for v in self.vms]
 
     def markdown(self) -> str:
@@ -38,7 +53,7 @@ class Inventory(BaseModel):
                  "|---|---|---|---|---|"]
         for s in self.sites:
             problem = f"{s.failure.kind}: {s.failure.message}" if s.failure else ""
-            lines.append(f"| {s.site} | {len(s.vms)} | {s.project or ''} | {s.microversion or ''} | {problem} |")
+            lines.append(f"| {self.label(s)} | {len(s.vms)} | {s.project or ''} | {s.microversion or ''} | {problem} |")
         return "\n".join(lines)
 
     def keep(self, status: Sequence[str] | None = None, name_pattern: str | None = None) -> "Inventory":
@@ -69,8 +84,8 @@ async def inventory(pool: SitePool, sites: Sequence[Site], vo: str, *, concurren
         try:
             return await asyncio.wait_for(loop.run_in_executor(threads, site_servers, pool, site, vo), site_deadline)
         except asyncio.TimeoutError:
-            return SiteServers(site=site.name, failure=SiteFailure(
-                site=site.name, kind="timeout", message=f"no answer within {site_deadline:.0f} s"))
+            return SiteServers(site=site.name, endpoint=site.endpoint, failure=SiteFailure(
+                site=site.name, endpoint=site.endpoint, kind="timeout", message=f"no answer within {site_deadline:.0f} s"))
 
     try:
         answers = await asyncio.gather(*(one(site) for site in sites))

@@ -20,23 +20,28 @@ async def list_servers(fedcloud: FedCloudArg, site: str, vo: str | None = None) 
 
     Args:
         fedcloud: a `FedCloud` block or the name of a saved one.
-        site: the site's name (as configured).
+        site: the site's name (as configured); for a site with several Keystone endpoints,
+            `NAME@KEYSTONE-HOST` or the Keystone URL (a name alone picks the endpoint whose
+            configuration lists the VO, when only one does).
         vo: the VO whose project to look into (default: the block's `default_vo`).
 
     Returns:
         `SiteServers`: the site's VMs, its project and Nova version — or its `failure`
-        (kind and message: unreachable, timeout, tls, unauthorized, vo-not-supported …).
+        (kind and message: unreachable, timeout, tls, unauthorized — the token expired —,
+        not-mapped — a valid token the site's federation does not map —, vo-not-supported,
+        unsupported-auth, server-error, error).
 
     Raises:
-        ValueError: the site is not configured, or no VO is named.
+        ValueError: the site is not configured, names several endpoints, or no VO is named.
 
     Example:
         answer = list_servers("fedcloud", "CESNET-MCC")
         answer.failure or [vm.name for vm in answer.vms]
     """
     block = FedCloud.resolve(fedcloud)
-    chosen = block.choose([site])[0]
-    return await asyncio.to_thread(site_servers, block.client(), chosen, block.vo_or_default(vo))
+    vo = block.vo_or_default(vo)
+    chosen = block.choose([site], vo=vo, single=True, field="site")[0]
+    return await asyncio.to_thread(site_servers, block.client(), chosen, vo)
 
 
 @egi_task(name="fedcloud-vm-inventory")
@@ -50,7 +55,8 @@ async def vm_inventory(fedcloud: FedCloudArg, vo: str | None = None, sites: Sequ
     Args:
         fedcloud: a `FedCloud` block or the name of a saved one.
         vo: the VO (default: the block's `default_vo`).
-        sites: only these sites (default: every configured site).
+        sites: only these sites (default: every configured site): site names (every endpoint of
+            the site), `NAME@KEYSTONE-HOST` (one endpoint) or Keystone URLs.
         status: only VMs in these states, e.g. `["ACTIVE"]`.
         name_pattern: only VMs whose name matches this glob, e.g. `worker-*`.
 
@@ -73,7 +79,7 @@ async def vm_inventory(fedcloud: FedCloudArg, vo: str | None = None, sites: Sequ
                               site_deadline=block.site_deadline_seconds)).keep(status, name_pattern)
     log = run_logger()
     for failure in result.failures:
-        log.warning("FedCloud site %s: %s — %s", failure.site, failure.kind, failure.message)
+        log.warning("FedCloud site %s: %s — %s", result.label(failure), failure.kind, failure.message)
     log.info("%d VM(s) of %s on %d site(s), %d site(s) without an answer", len(result.vms), vo,
              len(result.sites) - len(result.failures), len(result.failures))
     await _show(result)
