@@ -29,7 +29,8 @@ def fedcloud_vm_inventory(
     Args:
         vo: The VO whose project to look into (default: the block's default_vo).
         fedcloud_block: Name of the FedCloud block (sites, Check-in credentials).
-        sites: Only these sites (default: every configured site).
+        sites: Only these sites (default: every configured site): a name means every endpoint
+            of the site, NAME@KEYSTONE-HOST or a Keystone URL one endpoint.
         status: Only VMs in these states, e.g. ACTIVE, SHUTOFF, ERROR.
         name_pattern: Only VMs whose name matches this glob, e.g. worker-*.
     """
