@@ -160,6 +160,18 @@ class _Batch:
         return sorted({jdl_attribute(self.jdls[i], attribute) for i in indices})
 
 
+def refusal(exc: BaseException, jdls: Sequence[str]) -> str:
+    """What the server said (its `detail`), and what to do when its words mislead."""
+    try:
+        detail = str(exc.response.json()["detail"])  # type: ignore[attr-defined]
+    except Exception:
+        return str(exc)
+    if detail == "JDL syntax error" and any(jdl_attribute(jdl, "Platform") for jdl in jdls):
+        detail += (" (DiracX 0.7 answers this to every JDL with a Platform, known to it or not: its platform "
+                   "check fails; leave platform empty)")
+    return f"HTTP {getattr(exc, 'status_code', '?')}: {detail}"
+
+
 def jdl_attribute(jdl: str, attribute: str) -> str:
     """A string attribute of one of our rendered JDLs (one `Name = "value";` per line)."""
     for line in jdl.splitlines():
@@ -213,7 +225,8 @@ async def submit_exactly_once(api: Any, jdls: Sequence[str], *, concurrency: int
         refused = [r for r in await asyncio.gather(*(_send(api, batch, c, limit, classify, policy) for c in chunks))
                    if r is not None]
         if refused:
-            raise SubmissionIncomplete(f"DiracX refused the submission: {refused[0]}", batch.created) from refused[0]
+            raise SubmissionIncomplete(f"DiracX refused the submission: {refusal(refused[0], jdls)}",
+                                       batch.created) from refused[0]
         if not batch.lost:
             break
         if attempt == policy.passes:

@@ -96,9 +96,11 @@ async def submit(block: DiracX, jobs: Sequence[DiracJob], key: str | None = None
                  concurrency: int = 4) -> list[int]:
     """Render, upload sandboxes, submit in chunks of 20 — once per flow run. At most
     `concurrency` calls are in flight, fewer while the server only queues them."""
-    jobs = [j if isinstance(j, DiracJob) else DiracJob.model_validate(j) for j in jobs]
-    key = key or submission_key("dirac", block.url, block.vo, block.group,
-                                [j.model_dump(mode="json") for j in jobs])
+    # checked again even when already a DiracJob: a model_copy(update=…) (e.g. the pipeline's
+    # parameters) is not validated, and nothing may be sent before every value is
+    described = [j.model_dump(mode="json") if isinstance(j, DiracJob) else j for j in jobs]
+    jobs = [DiracJob.model_validate(j) for j in described]
+    key = key or submission_key("dirac", block.url, block.vo, block.group, [j.model_dump(mode="json") for j in jobs])
     found = await JobLedger.current().find(key)
     if found:
         run_logger().info("Resuming %d DIRAC job(s) this flow run already submitted", len(found.job_ids))
@@ -369,7 +371,8 @@ async def run_batch(diracx: DiracXArg, job: DiracJob, max_resubmissions: int = 2
 
     Args:
         diracx: a `DiracX` block or the name of a saved one.
-        job: the job description; `parameters` makes one job per value (`%s` in arguments).
+        job: the job description; `parameters` makes one job per value (`%s`, `%n` in any
+            attribute, as in DIRAC).
         max_resubmissions: how many times a failed job is submitted again.
         destination: the folder for the output sandboxes (`<destination>/<job id>/`).
         policy: how to pace and how long to wait (a week at most by default).
