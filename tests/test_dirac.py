@@ -259,3 +259,49 @@ def test_a_refresh_token_becomes_a_private_credentials_file(diracx):
     assert block.client().credentials_file() == path  # one file per block object
     assert redact(f"refresh={token}") == "refresh=***"
     assert token not in repr(block)
+
+
+# -- statuses as DIRAC has them --------------------------------------------------------------------
+
+
+def test_every_dirac_status_is_known_and_final_as_dirac_says():
+    """DIRAC's own lists (DIRACCommon's JobStatus: JOB_STATES, JOB_FINAL_STATES and
+    JOB_REALLY_FINAL_STATES) and diracx-core's JobStatus: every status is mapped, and a wait
+    ends exactly at the statuses DIRAC calls final (before, Submitting and Scouting were
+    UNKNOWN and Completed was RUNNING: a Completed job was waited for until the deadline)."""
+    from diracx.core.models import JobStatus as DiracxStatus
+    from DIRACCommon.WorkloadManagementSystem.Client import JobStatus as dirac
+
+    from prefect_egi.tasks.dirac.adapter import DIRAC_STATES
+
+    final = set(dirac.JOB_FINAL_STATES) | set(dirac.JOB_REALLY_FINAL_STATES)
+    assert set(DIRAC_STATES) == set(dirac.JOB_STATES) >= {s.value for s in DiracxStatus}
+    assert {s for s, state in DIRAC_STATES.items() if state.terminal} == final
+    assert JobState.UNKNOWN not in DIRAC_STATES.values()
+    assert DIRAC_STATES["Completed"] is DIRAC_STATES["Done"] is JobState.SUCCEEDED
+    assert DIRAC_STATES["Submitting"] is DIRAC_STATES["Scouting"] is JobState.QUEUED
+
+
+def test_a_completed_job_ends_the_wait_and_submitting_ones_are_queued(diracx):
+    """On the real server: a job its pilot leaves `Completed` (payload done, requests pending)
+    ends the wait as succeeded; the jobs of a parametric JDL DiracX expanded itself (left
+    `Submitting`) are queued, not unknown. (DiracX 0.7 cannot hold `Scouting`: its JobStatus
+    lacks it and a status update to it is refused with 422.)"""
+    import uuid
+
+    block = diracx.block()
+    (completed,) = run(submit(block, [DiracJob(executable="echo")]))
+    run(diracx.pilot.set_status([completed], "Running"))
+    run(diracx.pilot.set_status([completed], "Completed", "Pending Requests"))
+
+    async def dirac_expands() -> list[int]:
+        async with block.client().session() as api:
+            jdl = f'Executable = "echo";\nJobName = "p_%n";\nJobGroup = "s-{uuid.uuid4().hex[:6]}";\nParameters = 2;'
+            return [j.job_id for j in await api.jobs.submit_jdl_jobs([jdl])]
+
+    submitting = run(dirac_expands())
+    final = run(watch(block.job_adapter(), [str(completed)], WatchPolicy(first_interval=0.3, max_interval=1,
+                                                                           deadline=120)))
+    assert final[str(completed)].state is JobState.SUCCEEDED and final[str(completed)].detail["status"] == "Completed"
+    polled = run(block.job_adapter().poll([str(j) for j in submitting]))
+    assert {(s.detail["status"], s.state) for s in polled.values()} == {("Submitting", JobState.QUEUED)}
