@@ -305,3 +305,89 @@ def test_a_completed_job_ends_the_wait_and_submitting_ones_are_queued(diracx):
     assert final[str(completed)].state is JobState.SUCCEEDED and final[str(completed)].detail["status"] == "Completed"
     polled = run(block.job_adapter().poll([str(j) for j in submitting]))
     assert {(s.detail["status"], s.state) for s in polled.values()} == {("Submitting", JobState.QUEUED)}
+
+
+# -- output sandboxes one by one -------------------------------------------------------------------
+
+
+def assign_foreign_sandbox(diracx, job_id: int, folder: Path) -> None:
+    """Give `job_id` an output sandbox uploaded and assigned by ANOTHER identity (bob of
+    vo.second.eu, JobAdministrator there): DiracX serves a sandbox only to the user under whose
+    VO/group/name it was uploaded, so the job's owner gets 403 "Invalid PFN"."""
+    from diracx.api.jobs import create_sandbox
+
+    from prefect_egi.sandbox.dirac_pilot import Pilot
+
+    bob = Pilot(diracx.url, diracx.vos["vo.second.eu"]["pilot"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "foreign.txt").write_text("not yours\n")
+
+    async def assign() -> None:
+        async with bob.client() as api:
+            pfn = await create_sandbox([folder / "foreign.txt"], client=api)
+            await api.jobs.assign_sandbox_to_job(job_id, f'"{pfn}"')
+
+    run(assign())
+
+
+def test_an_unreadable_output_sandbox_is_reported_and_the_others_fetched(diracx, tmp_path):
+    """One job's sandbox refused (403 Invalid PFN: uploaded by another identity, reproduced on
+    the real server) costs that job's outputs only: it is reported with DiracX's reason, at
+    once (a refusal is not retried), and every other job's outputs are fetched. Before, the
+    whole fetch failed (and was retried) and no job's outputs were reported."""
+    import time
+    import uuid
+
+    from prefect_egi.sandbox.dirac_pilot import BatchPilot
+    from prefect_egi.tasks.dirac.outputs import collect_outputs
+
+    group = f"o-{uuid.uuid4().hex[:6]}"
+    block = diracx.block()
+    ids = run(submit(block, [DiracJob(executable="echo", parameters=[1, 2, 3], job_group=group)]))
+    pilot = BatchPilot(diracx.pilot, group, tmp_path / "pilot")
+    run(pilot._cycle())  # runs them: Done, each with its own result.txt
+    assign_foreign_sandbox(diracx, ids[1], tmp_path / "bob")
+    started = time.monotonic()
+    outputs = run(collect_outputs(block.client(), ids, tmp_path / "out"))
+    assert [o.job_id for o in outputs] == ids
+    assert [o.files for o in outputs] == [["result.txt"], ["result.txt"], ["result.txt"]]  # its own one came
+    refused = outputs[1]
+    assert refused.error.startswith("DiracX refused it (HTTP 403: Invalid PFN. PFN must start with /S3/")
+    assert outputs[0].error is None and outputs[2].error is None
+    assert time.monotonic() - started < 60  # no backoff spent on a refusal (a generous bound on a busy machine)
+
+
+def test_outputs_of_jobs_the_server_refuses_to_show_are_reported(diracx, tmp_path):
+    """A job id of somebody else's job (bob's, in another VO): DiracX refuses to list its
+    sandboxes (403); that job is reported, the fetch goes on."""
+    bob_ids = run(submit(diracx.block("vo.second.eu"), [DiracJob(executable="echo")]))
+    mine = run(submit(diracx.block(), [DiracJob(executable="echo")]))
+    from prefect_egi.tasks.dirac.outputs import collect_outputs
+
+    theirs, own = run(collect_outputs(diracx.block().client(), [*bob_ids, *mine], tmp_path / "out"))
+    assert theirs.error and theirs.error.startswith("DiracX refused it (HTTP 403") and theirs.path is None
+    assert own.error is None and own.note == "no output sandbox"
+
+
+
+def test_a_sandbox_store_answering_5xx_is_retried_and_its_url_never_told():
+    """The store's presigned URL is a credential for the file: a 503 from the store is a
+    transient fault (tried again, then reported on the job), and neither text holds the URL."""
+    import httpx2
+
+    from prefect_egi.tasks.dirac.client import engine_error
+    from prefect_egi.tasks.dirac.outputs import refusal
+    from prefect_egi.tasks.faults import TransientServiceError
+
+    url = "http://127.0.0.1:9/sandboxes/x.tar.zst?X-Amz-Signature=0123456789abcdef"
+    request = httpx2.Request("GET", url)
+    for status, transient in ((503, True), (404, False)):
+        error = httpx2.HTTPStatusError(f"Server error '{status}' for url '{url}'", request=request,
+                                       response=httpx2.Response(status, request=request))
+        mapped = engine_error(error)
+        assert isinstance(mapped, TransientServiceError) is transient
+        reason = refusal(error, mapped)
+        assert f"HTTP {status}" in reason and "Signature" not in reason
+        assert ("fetch it again later" in reason) is transient
+        if transient:
+            assert "Signature" not in str(mapped)  # what a task raising it would say

@@ -225,12 +225,17 @@ async def fetch_job_outputs(diracx: DiracXArg, job_ids: Sequence[int],
         job_ids: the jobs whose outputs to fetch.
         destination: the folder to unpack into.
 
+    A job whose sandbox cannot be had — DiracX refuses it (e.g. `403 Invalid PFN`: uploaded
+    by another identity), it cannot be unpacked, or DiracX kept failing — is reported on
+    that job (`error`), and the others are fetched.
+
     Returns:
-        One `JobOutput` per job: its folder and files, or a note ("no output sandbox").
+        One `JobOutput` per job: its folder and files, a note ("no output sandbox"), or the
+        reason its sandbox could not be fetched (`error`).
 
     Raises:
         CredentialsRejected: DiracX refused the credentials.
-        TransientServiceError: DiracX did not answer (the task retries twice first).
+        TransientServiceError: DiracX could not be reached at all (the task retries twice first).
 
     Example:
         for output in fetch_job_outputs("diracx", ids, destination="outputs"):
@@ -353,7 +358,11 @@ class DiracBatchReport(BaseModel):
         if self.failed:
             lines += ["| failed job | status | minor status |", "|---|---|---|"]
             lines += [f"| {f.job_id} | {f.status} | {f.minor_status} |" for f in self.failed] + [""]
-        missing = [o for o in self.outputs if o.path is None]
+        unavailable = [o for o in self.outputs if o.error]
+        if unavailable:
+            lines += ["| job | output sandbox unavailable |", "|---|---|"]
+            lines += [f"| {o.job_id} | {o.error} |" for o in unavailable] + [""]
+        missing = [o for o in self.outputs if o.path is None and not o.error]
         if missing:
             lines += ["Jobs without an output sandbox: " + ", ".join(str(o.job_id) for o in missing)]
         return "\n".join(lines)
@@ -367,7 +376,8 @@ async def run_batch(diracx: DiracXArg, job: DiracJob, max_resubmissions: int = 2
     DIRAC's counterpart of `run_algorithm`: each step is a task run of its own
     (`dirac-submit`, `dirac-wait`, `dirac-resubmit`, `dirac-fetch-outputs`), so a retried
     flow run resumes where it was and nothing is submitted twice. A job that keeps
-    failing is reported with its status; the others' outputs are kept.
+    failing is reported with its status, a job whose output sandbox cannot be fetched
+    with the reason; the others' outputs are kept.
 
     Args:
         diracx: a `DiracX` block or the name of a saved one.
