@@ -369,6 +369,82 @@ def test_outputs_of_jobs_the_server_refuses_to_show_are_reported(diracx, tmp_pat
     assert own.error is None and own.note == "no output sandbox"
 
 
+# -- the recovery search adopts only our own jobs --------------------------------------------------
+
+
+def through_proxy(diracx, rules, vo: str | None = None):
+    from prefect_egi.sandbox.fault_proxy import FaultProxy
+    from prefect_egi.tasks import DiracX
+
+    proxy = FaultProxy(diracx.url).start()
+    proxy.set_rules(rules, seed=1)
+    vo = vo or diracx.vo
+    return proxy, DiracX(url=proxy.url, vo=vo, group=diracx.vos[vo]["group"],
+                         credentials_path=diracx.vos[vo]["user"], timeout_seconds=60)
+
+
+LOSE_FIRST_SUBMIT_ANSWER = [{"kind": "drop-response", "method": "POST", "path": r"^/api/jobs/jdl", "requests": [1]}]
+
+
+def owners(diracx, ids):
+    async def search():
+        async with diracx.pilot.client() as api:
+            return await api.jobs.search(parameters=["JobID", "Owner", "VO"], search=[
+                {"parameter": "JobID", "operator": "in", "values": list(ids)}], per_page=1000)
+
+    return {(r["Owner"], r["VO"]) for r in run(search())}
+
+
+def test_a_lost_answer_is_reconciled_with_our_own_jobs_only(diracx):
+    """DiracX 0.7 lets alice's search see bob's jobs (another user, another VO). Bob has jobs of
+    the very group and names alice's batch uses; alice's first submit answer is lost after the
+    server created her jobs (the fault proxy). The recovery search must adopt her jobs, never
+    his (before, it took bob's: the lowest ids of that group and name)."""
+    import uuid
+
+    group = f"shared-{uuid.uuid4().hex[:6]}"
+    job = DiracJob(executable="echo", arguments="%s", job_name="step-%s", parameters=[1, 2, 3], job_group=group)
+
+    async def bob_submits() -> list[int]:  # from his own machine: nothing of his is in our job ledger
+        async with diracx.block("vo.second.eu").client().session() as api:
+            return [j.job_id for j in await api.jobs.submit_jdl_jobs(job.to_jdls())]
+
+    decoys = run(bob_submits())
+    before = diracx.job_count()
+    proxy, block = through_proxy(diracx, LOSE_FIRST_SUBMIT_ANSWER)
+    try:
+        ids = run(submit(block, [job]))
+        assert proxy.stats()["faulted"]["drop-response"] == 1
+    finally:
+        proxy.stop()
+    assert not set(ids) & set(decoys)
+    assert owners(diracx, ids) == {("alice", "egi.test")}
+    assert diracx.job_count() == before + 3  # created once, adopted, not sent again
+
+
+def test_a_lost_answer_for_names_holding_the_job_id_is_reconciled(diracx):
+    """DiracX replaces `%j` in a JobName with the job's id (`run-%j` is stored as `run-1234`):
+    the recovery search finds such jobs too, instead of sending them again (before, the search
+    for the name "run-%j" found nothing and the batch was created twice)."""
+    import uuid
+
+    job = DiracJob(executable="echo", job_name="run-%j-%n", number_of_parameters=4,
+                   job_group=f"j-{uuid.uuid4().hex[:6]}")
+    before = diracx.job_count()
+    proxy, block = through_proxy(diracx, LOSE_FIRST_SUBMIT_ANSWER)
+    try:
+        ids = run(submit(block, [job]))
+    finally:
+        proxy.stop()
+    assert diracx.job_count() == before + 4
+    async def names():
+        async with diracx.pilot.client() as api:
+            return await api.jobs.search(parameters=["JobID", "JobName"], search=[
+                {"parameter": "JobID", "operator": "in", "values": ids}], per_page=100)
+
+    assert sorted((r["JobID"], r["JobName"]) for r in run(names())) == [
+        (j, f"run-{j}-{n}") for n, j in enumerate(ids)]
+
 
 def test_a_sandbox_store_answering_5xx_is_retried_and_its_url_never_told():
     """The store's presigned URL is a credential for the file: a 503 from the store is a
