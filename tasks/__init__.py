@@ -47,7 +47,7 @@ _PUBLIC = {
     "prefect_egi.tasks.dirac.block": ["DiracX"],
     "prefect_egi.tasks.dirac.tasks": ["submit_jobs", "wait_for_jobs", "fetch_job_outputs", "resubmit_jobs",
                                       "kill_jobs", "dirac_login", "run_batch", "DiracBatchReport", "FailedJob"],
-    "prefect_egi.tasks.dirac.jdl": ["DiracJob"],
+    "prefect_egi.tasks.dirac.jdl": ["DiracJob", "ParameterSequence"],
     "prefect_egi.tasks.dirac.adapter": ["DiracAdapter"],
     "prefect_egi.tasks.dirac.outputs": ["JobOutput"],
     "prefect_egi.tasks.dirac.client": ["ExpiredCredentials"],
@@ -121,7 +121,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (tests/test_layers.py check
     from prefect_egi.tasks.dirac.adapter import DiracAdapter
     from prefect_egi.tasks.dirac.block import DiracX
     from prefect_egi.tasks.dirac.client import ExpiredCredentials
-    from prefect_egi.tasks.dirac.jdl import DiracJob
+    from prefect_egi.tasks.dirac.jdl import DiracJob, ParameterSequence
     from prefect_egi.tasks.dirac.login import DiracLoginFailed
     from prefect_egi.tasks.dirac.outputs import JobOutput
     from prefect_egi.tasks.dirac.submission import SubmissionIncomplete

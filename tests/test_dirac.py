@@ -27,10 +27,10 @@ def test_jdl_renders_every_field(tmp_path):
     first, second = job.to_jdls()
     assert 'Arguments = "--input a.csv --fast";' in first and 'JobName = "ana-a.csv";' in first
     assert 'JobName = "ana-b.csv";' in second and 'Parameter = "b.csv";' in second
-    for line in ('Executable = "analyse.sh";', 'InputSandbox = {"SB:SandboxSE|/S3/x.tar.zst"};',
-                 'OutputSandbox = {"out.csv", "std.out"};', 'Site = {"EGI.SITE"};', 'BannedSites = {"BAD.SITE"};',
-                 "CPUTime = 3600;", 'Tags = {"8Processors"};', 'Platform = "x86_64";', 'JobGroup = "g1";'):
-        assert line in first
+    for line in ('Executable = "analyse.sh";', 'InputSandbox = "SB:SandboxSE|/S3/x.tar.zst";',
+                 'OutputSandbox = {"out.csv", "std.out"};', 'Site = "EGI.SITE";', 'BannedSites = "BAD.SITE";',
+                 "CPUTime = 3600;", 'Tags = "8Processors";', 'Platform = "x86_64";', 'JobGroup = "g1";'):
+        assert line in first  # a list of one is written as a scalar, as DIRAC's job API writes it
 
 
 @pytest.mark.parametrize(("fields", "message"), [
@@ -259,3 +259,211 @@ def test_a_refresh_token_becomes_a_private_credentials_file(diracx):
     assert block.client().credentials_file() == path  # one file per block object
     assert redact(f"refresh={token}") == "refresh=***"
     assert token not in repr(block)
+
+
+# -- statuses as DIRAC has them --------------------------------------------------------------------
+
+
+def test_every_dirac_status_is_known_and_final_as_dirac_says():
+    """DIRAC's own lists (DIRACCommon's JobStatus: JOB_STATES, JOB_FINAL_STATES and
+    JOB_REALLY_FINAL_STATES) and diracx-core's JobStatus: every status is mapped, and a wait
+    ends exactly at the statuses DIRAC calls final (before, Submitting and Scouting were
+    UNKNOWN and Completed was RUNNING: a Completed job was waited for until the deadline)."""
+    from diracx.core.models import JobStatus as DiracxStatus
+    from DIRACCommon.WorkloadManagementSystem.Client import JobStatus as dirac
+
+    from prefect_egi.tasks.dirac.adapter import DIRAC_STATES
+
+    final = set(dirac.JOB_FINAL_STATES) | set(dirac.JOB_REALLY_FINAL_STATES)
+    assert set(DIRAC_STATES) == set(dirac.JOB_STATES) >= {s.value for s in DiracxStatus}
+    assert {s for s, state in DIRAC_STATES.items() if state.terminal} == final
+    assert JobState.UNKNOWN not in DIRAC_STATES.values()
+    assert DIRAC_STATES["Completed"] is DIRAC_STATES["Done"] is JobState.SUCCEEDED
+    assert DIRAC_STATES["Submitting"] is DIRAC_STATES["Scouting"] is JobState.QUEUED
+
+
+def test_a_completed_job_ends_the_wait_and_submitting_ones_are_queued(diracx):
+    """On the real server: a job its pilot leaves `Completed` (payload done, requests pending)
+    ends the wait as succeeded; the jobs of a parametric JDL DiracX expanded itself (left
+    `Submitting`) are queued, not unknown. (DiracX 0.7 cannot hold `Scouting`: its JobStatus
+    lacks it and a status update to it is refused with 422.)"""
+    import uuid
+
+    block = diracx.block()
+    (completed,) = run(submit(block, [DiracJob(executable="echo")]))
+    run(diracx.pilot.set_status([completed], "Running"))
+    run(diracx.pilot.set_status([completed], "Completed", "Pending Requests"))
+
+    async def dirac_expands() -> list[int]:
+        async with block.client().session() as api:
+            jdl = f'Executable = "echo";\nJobName = "p_%n";\nJobGroup = "s-{uuid.uuid4().hex[:6]}";\nParameters = 2;'
+            return [j.job_id for j in await api.jobs.submit_jdl_jobs([jdl])]
+
+    submitting = run(dirac_expands())
+    final = run(watch(block.job_adapter(), [str(completed)], WatchPolicy(first_interval=0.3, max_interval=1,
+                                                                           deadline=120)))
+    assert final[str(completed)].state is JobState.SUCCEEDED and final[str(completed)].detail["status"] == "Completed"
+    polled = run(block.job_adapter().poll([str(j) for j in submitting]))
+    assert {(s.detail["status"], s.state) for s in polled.values()} == {("Submitting", JobState.QUEUED)}
+
+
+# -- output sandboxes one by one -------------------------------------------------------------------
+
+
+def assign_foreign_sandbox(diracx, job_id: int, folder: Path) -> None:
+    """Give `job_id` an output sandbox uploaded and assigned by ANOTHER identity (bob of
+    vo.second.eu, JobAdministrator there): DiracX serves a sandbox only to the user under whose
+    VO/group/name it was uploaded, so the job's owner gets 403 "Invalid PFN"."""
+    from diracx.api.jobs import create_sandbox
+
+    from prefect_egi.sandbox.dirac_pilot import Pilot
+
+    bob = Pilot(diracx.url, diracx.vos["vo.second.eu"]["pilot"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "foreign.txt").write_text("not yours\n")
+
+    async def assign() -> None:
+        async with bob.client() as api:
+            pfn = await create_sandbox([folder / "foreign.txt"], client=api)
+            await api.jobs.assign_sandbox_to_job(job_id, f'"{pfn}"')
+
+    run(assign())
+
+
+def test_an_unreadable_output_sandbox_is_reported_and_the_others_fetched(diracx, tmp_path):
+    """One job's sandbox refused (403 Invalid PFN: uploaded by another identity, reproduced on
+    the real server) costs that job's outputs only: it is reported with DiracX's reason, at
+    once (a refusal is not retried), and every other job's outputs are fetched. Before, the
+    whole fetch failed (and was retried) and no job's outputs were reported."""
+    import time
+    import uuid
+
+    from prefect_egi.sandbox.dirac_pilot import BatchPilot
+    from prefect_egi.tasks.dirac.outputs import collect_outputs
+
+    group = f"o-{uuid.uuid4().hex[:6]}"
+    block = diracx.block()
+    ids = run(submit(block, [DiracJob(executable="echo", parameters=[1, 2, 3], job_group=group)]))
+    pilot = BatchPilot(diracx.pilot, group, tmp_path / "pilot")
+    run(pilot._cycle())  # runs them: Done, each with its own result.txt
+    assign_foreign_sandbox(diracx, ids[1], tmp_path / "bob")
+    started = time.monotonic()
+    outputs = run(collect_outputs(block.client(), ids, tmp_path / "out"))
+    assert [o.job_id for o in outputs] == ids
+    assert [o.files for o in outputs] == [["result.txt"], ["result.txt"], ["result.txt"]]  # its own one came
+    refused = outputs[1]
+    assert refused.error.startswith("DiracX refused it (HTTP 403: Invalid PFN. PFN must start with /S3/")
+    assert outputs[0].error is None and outputs[2].error is None
+    assert time.monotonic() - started < 60  # no backoff spent on a refusal (a generous bound on a busy machine)
+
+
+def test_outputs_of_jobs_the_server_refuses_to_show_are_reported(diracx, tmp_path):
+    """A job id of somebody else's job (bob's, in another VO): DiracX refuses to list its
+    sandboxes (403); that job is reported, the fetch goes on."""
+    bob_ids = run(submit(diracx.block("vo.second.eu"), [DiracJob(executable="echo")]))
+    mine = run(submit(diracx.block(), [DiracJob(executable="echo")]))
+    from prefect_egi.tasks.dirac.outputs import collect_outputs
+
+    theirs, own = run(collect_outputs(diracx.block().client(), [*bob_ids, *mine], tmp_path / "out"))
+    assert theirs.error and theirs.error.startswith("DiracX refused it (HTTP 403") and theirs.path is None
+    assert own.error is None and own.note == "no output sandbox"
+
+
+# -- the recovery search adopts only our own jobs --------------------------------------------------
+
+
+def through_proxy(diracx, rules, vo: str | None = None):
+    from prefect_egi.sandbox.fault_proxy import FaultProxy
+    from prefect_egi.tasks import DiracX
+
+    proxy = FaultProxy(diracx.url).start()
+    proxy.set_rules(rules, seed=1)
+    vo = vo or diracx.vo
+    return proxy, DiracX(url=proxy.url, vo=vo, group=diracx.vos[vo]["group"],
+                         credentials_path=diracx.vos[vo]["user"], timeout_seconds=60)
+
+
+LOSE_FIRST_SUBMIT_ANSWER = [{"kind": "drop-response", "method": "POST", "path": r"^/api/jobs/jdl", "requests": [1]}]
+
+
+def owners(diracx, ids):
+    async def search():
+        async with diracx.pilot.client() as api:
+            return await api.jobs.search(parameters=["JobID", "Owner", "VO"], search=[
+                {"parameter": "JobID", "operator": "in", "values": list(ids)}], per_page=1000)
+
+    return {(r["Owner"], r["VO"]) for r in run(search())}
+
+
+def test_a_lost_answer_is_reconciled_with_our_own_jobs_only(diracx):
+    """DiracX 0.7 lets alice's search see bob's jobs (another user, another VO). Bob has jobs of
+    the very group and names alice's batch uses; alice's first submit answer is lost after the
+    server created her jobs (the fault proxy). The recovery search must adopt her jobs, never
+    his (before, it took bob's: the lowest ids of that group and name)."""
+    import uuid
+
+    group = f"shared-{uuid.uuid4().hex[:6]}"
+    job = DiracJob(executable="echo", arguments="%s", job_name="step-%s", parameters=[1, 2, 3], job_group=group)
+
+    async def bob_submits() -> list[int]:  # from his own machine: nothing of his is in our job ledger
+        async with diracx.block("vo.second.eu").client().session() as api:
+            return [j.job_id for j in await api.jobs.submit_jdl_jobs(job.to_jdls())]
+
+    decoys = run(bob_submits())
+    before = diracx.job_count()
+    proxy, block = through_proxy(diracx, LOSE_FIRST_SUBMIT_ANSWER)
+    try:
+        ids = run(submit(block, [job]))
+        assert proxy.stats()["faulted"]["drop-response"] == 1
+    finally:
+        proxy.stop()
+    assert not set(ids) & set(decoys)
+    assert owners(diracx, ids) == {("alice", "egi.test")}
+    assert diracx.job_count() == before + 3  # created once, adopted, not sent again
+
+
+def test_a_lost_answer_for_names_holding_the_job_id_is_reconciled(diracx):
+    """DiracX replaces `%j` in a JobName with the job's id (`run-%j` is stored as `run-1234`):
+    the recovery search finds such jobs too, instead of sending them again (before, the search
+    for the name "run-%j" found nothing and the batch was created twice)."""
+    import uuid
+
+    job = DiracJob(executable="echo", job_name="run-%j-%n", number_of_parameters=4,
+                   job_group=f"j-{uuid.uuid4().hex[:6]}")
+    before = diracx.job_count()
+    proxy, block = through_proxy(diracx, LOSE_FIRST_SUBMIT_ANSWER)
+    try:
+        ids = run(submit(block, [job]))
+    finally:
+        proxy.stop()
+    assert diracx.job_count() == before + 4
+    async def names():
+        async with diracx.pilot.client() as api:
+            return await api.jobs.search(parameters=["JobID", "JobName"], search=[
+                {"parameter": "JobID", "operator": "in", "values": ids}], per_page=100)
+
+    assert sorted((r["JobID"], r["JobName"]) for r in run(names())) == [
+        (j, f"run-{j}-{n}") for n, j in enumerate(ids)]
+
+
+def test_a_sandbox_store_answering_5xx_is_retried_and_its_url_never_told():
+    """The store's presigned URL is a credential for the file: a 503 from the store is a
+    transient fault (tried again, then reported on the job), and neither text holds the URL."""
+    import httpx2
+
+    from prefect_egi.tasks.dirac.client import engine_error
+    from prefect_egi.tasks.dirac.outputs import refusal
+    from prefect_egi.tasks.faults import TransientServiceError
+
+    url = "http://127.0.0.1:9/sandboxes/x.tar.zst?X-Amz-Signature=0123456789abcdef"
+    request = httpx2.Request("GET", url)
+    for status, transient in ((503, True), (404, False)):
+        error = httpx2.HTTPStatusError(f"Server error '{status}' for url '{url}'", request=request,
+                                       response=httpx2.Response(status, request=request))
+        mapped = engine_error(error)
+        assert isinstance(mapped, TransientServiceError) is transient
+        reason = refusal(error, mapped)
+        assert f"HTTP {status}" in reason and "Signature" not in reason
+        assert ("fetch it again later" in reason) is transient
+        if transient:
+            assert "Signature" not in str(mapped)  # what a task raising it would say

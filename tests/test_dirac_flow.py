@@ -120,3 +120,50 @@ def test_batch_against_a_pilot_process_that_fails_a_share_of_runs(prefect_db, di
     assert outcomes["Failed"] == report.resubmitted + len(report.failed)
     assert diracx.job_count() == before + 20 + report.resubmitted  # one new job per resubmission, no more
     assert len(report.outputs) == report.succeeded
+
+
+def test_batch_flow_reports_an_unreadable_output_sandbox_and_keeps_the_rest(prefect_db, diracx, tmp_path):
+    """One job's output sandbox is uploaded by another identity (bob of vo.second.eu, as a
+    pilot running under the wrong credentials would): DiracX refuses it to the job's owner
+    with 403 "Invalid PFN" (the real server). The `dirac-batch` flow completes; that job's
+    outputs are reported unavailable with DiracX's reason, every other job's are fetched.
+    Before, the fetch task failed (after its retries) and the flow with it: no report at all."""
+    from diracx.api.jobs import create_sandbox
+
+    from prefect_egi.flows import dirac_batch
+    from prefect_egi.sandbox.dirac_pilot import BatchPilot, Pilot
+
+    name = f"dx-{uuid.uuid4().hex[:8]}"
+    diracx.block().save(name, overwrite=True)
+    group = f"foreign-{uuid.uuid4().hex[:6]}"
+    bob = Pilot(diracx.url, diracx.vos["vo.second.eu"]["pilot"])
+    foreign: list[int] = []
+
+    class WrongIdentityForOneJob(BatchPilot):
+        async def attach_outputs(self, ids, api=None):
+            victim = [j for j in ids if not foreign and j == min(ids)]
+            foreign.extend(victim)
+            await super().attach_outputs([j for j in ids if j not in victim], api)
+            for job_id in victim:
+                (self.workdir / "bob.txt").parent.mkdir(parents=True, exist_ok=True)
+                (self.workdir / "bob.txt").write_text("bob's\n")
+                async with bob.client() as bob_api:
+                    pfn = await create_sandbox([self.workdir / "bob.txt"], client=bob_api)
+                    await bob_api.jobs.assign_sandbox_to_job(job_id, f'"{pfn}"')
+
+    pilot = WrongIdentityForOneJob(diracx.pilot, group, tmp_path / "pilot").start()
+    try:
+        job = DiracJob(executable="echo", arguments="%s", parameters=list(range(4)), job_group=group)
+        state = dirac_batch(job, diracx_block=name, destination=str(tmp_path / "out"), return_state=True)
+    finally:
+        pilot.stop()
+    assert state.is_completed(), state.message
+    report = state.result()
+    assert (report.submitted, report.succeeded, report.failed) == (4, 4, [])
+    (victim,) = foreign
+    by_job = {o.job_id: o for o in report.outputs}
+    assert by_job[victim].error.startswith("DiracX refused it (HTTP 403: Invalid PFN")
+    assert by_job[victim].path is None
+    others = [j for j in report.jobs if j != victim]
+    assert all(by_job[j].files == ["result.txt"] and by_job[j].error is None for j in others)
+    assert f"| {victim} | DiracX refused it (HTTP 403: Invalid PFN" in report.markdown()

@@ -150,7 +150,6 @@ def main(argv: list[str] | None = None) -> None:
         user = user or "alice"
         vos.append((vo, group or "egi_user", user, sub or str(uuid.uuid5(uuid.NAMESPACE_URL, f"{user}@{vo}"))))
     python = sys.executable
-    users = []
     if fresh:
         (root / "keystore").mkdir(parents=True, exist_ok=True)
         (root / "db").mkdir(parents=True, exist_ok=True)

@@ -10,18 +10,36 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from DIRACCommon.WorkloadManagementSystem.Client import JobStatus as dirac_status
+
 from prefect_egi.tasks.dirac.client import DiracxClient
 from prefect_egi.tasks.remote import JobState, JobStatus, RemoteJobAdapter
 
 MAX_PER_PAGE = 10_000  # DiracX caps search pages here
 
-DIRAC_STATES = {
-    "Received": JobState.QUEUED, "Checking": JobState.QUEUED, "Staging": JobState.QUEUED,
-    "Waiting": JobState.QUEUED, "Matched": JobState.QUEUED, "Rescheduled": JobState.QUEUED,
-    "Running": JobState.RUNNING, "Completing": JobState.RUNNING, "Stalled": JobState.RUNNING,
-    "Completed": JobState.RUNNING, "Done": JobState.SUCCEEDED, "Failed": JobState.FAILED,
-    "Killed": JobState.CANCELLED, "Deleted": JobState.CANCELLED,
+#: how each of DIRAC's final statuses ended, in the engine's terms (DIRAC says WHICH are final)
+DIRAC_ENDINGS = {
+    dirac_status.DONE: JobState.SUCCEEDED,
+    dirac_status.COMPLETED: JobState.SUCCEEDED,  # the payload succeeded; DIRAC still runs its pending requests
+    dirac_status.FAILED: JobState.FAILED,
+    dirac_status.KILLED: JobState.CANCELLED,
+    dirac_status.DELETED: JobState.CANCELLED,
 }
+#: DIRAC's statuses once the payload has started (the earlier ones are queued)
+PAYLOAD_STARTED = {dirac_status.RUNNING, dirac_status.STALLED, dirac_status.COMPLETING}
+
+
+def _dirac_states() -> dict[str, JobState]:
+    """Every DIRAC job status, final exactly when DIRAC says so (`JOB_FINAL_STATES`, and
+    `JOB_REALLY_FINAL_STATES` for Deleted). A final status this table does not know ended,
+    but not as a success: FAILED (so it is reported, and resubmitted if asked)."""
+    final = set(dirac_status.JOB_FINAL_STATES) | set(dirac_status.JOB_REALLY_FINAL_STATES)
+    return {status: (DIRAC_ENDINGS.get(status, JobState.FAILED) if status in final
+                     else JobState.RUNNING if status in PAYLOAD_STARTED else JobState.QUEUED)
+            for status in dirac_status.JOB_STATES}
+
+
+DIRAC_STATES = _dirac_states()
 
 
 class DiracAdapter(RemoteJobAdapter):

@@ -51,6 +51,9 @@ def engine_error(exc: BaseException, url: str = "the server") -> BaseException:
         return certificate_error("DiracX", url)
     if isinstance(exc, httpx2.TransportError):  # e.g. the client's discovery while the server restarts
         return TransientServiceError(f"DiracX unreachable: {type(exc).__name__}")
+    if isinstance(exc, httpx2.HTTPStatusError) and is_transient_status(exc.response.status_code):
+        # the sandbox store (a presigned URL: never put the URL, a credential, into the text)
+        return TransientServiceError(f"DiracX's sandbox store answered HTTP {exc.response.status_code}")
     if isinstance(exc, RuntimeError) and ".well-known" in str(exc):
         # the client's discovery got a non-200 answer (a starting server says 503 for a moment)
         return TransientServiceError("DiracX discovery (/.well-known/openid-configuration) did not answer")

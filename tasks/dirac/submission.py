@@ -12,7 +12,8 @@ is sorted by what the failure proves:
   naming the flow run and the batch), and a search for those groups, the lost JDLs' job
   names and a submission time after the batch began finds what exists; only the JDLs
   without a created job are sent again. A retried flow run whose earlier attempt died
-  mid-submission starts with that search too (`reconcile_first`).
+  mid-submission starts with that search too (`reconcile_first`). The search is for the
+  submitter's own jobs only (Owner, OwnerGroup, VO): DiracX 0.7 shows every user's.
 
 Reconciliation runs after every chunk has finished, one pass at a time, so a chunk
 still in flight cannot be mistaken for a lost one; a short grace first lets a server
@@ -32,7 +33,7 @@ import asyncio
 import logging
 import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -155,9 +156,22 @@ class _Batch:
     lost: list[int] = field(default_factory=list)  # indices whose fate is unknown
     exclude: set[int] = field(default_factory=set)  # job ids never to adopt
     extra_requests: int = 0  # sends and searches beyond one send per chunk
+    owner: dict[str, str] | None = None  # who the server says submits (Owner, OwnerGroup, VO), once asked
 
     def values(self, attribute: str, indices: Sequence[int]) -> list[str]:
         return sorted({jdl_attribute(self.jdls[i], attribute) for i in indices})
+
+
+def refusal(exc: BaseException, jdls: Sequence[str]) -> str:
+    """What the server said (its `detail`), and what to do when its words mislead."""
+    try:
+        detail = str(exc.response.json()["detail"])  # type: ignore[attr-defined]
+    except Exception:
+        return str(exc)
+    if detail == "JDL syntax error" and any(jdl_attribute(jdl, "Platform") for jdl in jdls):
+        detail += (" (DiracX 0.7 answers this to every JDL with a Platform, known to it or not: its platform "
+                   "check fails; leave platform empty)")
+    return f"HTTP {getattr(exc, 'status_code', '?')}: {detail}"
 
 
 def jdl_attribute(jdl: str, attribute: str) -> str:
@@ -213,7 +227,8 @@ async def submit_exactly_once(api: Any, jdls: Sequence[str], *, concurrency: int
         refused = [r for r in await asyncio.gather(*(_send(api, batch, c, limit, classify, policy) for c in chunks))
                    if r is not None]
         if refused:
-            raise SubmissionIncomplete(f"DiracX refused the submission: {refused[0]}", batch.created) from refused[0]
+            raise SubmissionIncomplete(f"DiracX refused the submission: {refusal(refused[0], jdls)}",
+                                       batch.created) from refused[0]
         if not batch.lost:
             break
         if attempt == policy.passes:
@@ -263,16 +278,30 @@ async def _reconcile(api: Any, batch: _Batch, classify: Callable[[BaseException]
     lost, batch.lost = sorted(batch.lost), []
     known = set(batch.created.values()) | batch.exclude
     found = await _search_created(api, batch, lost, classify, policy)
-    by_identity: dict[tuple[str, str], list[int]] = defaultdict(list)
+    # (group, name as written) → ids in id order; a stored name holding its own id is indexed
+    # by the name with `%j` back in its place, then checked exactly
+    by_identity: dict[tuple[str, str], deque[int]] = defaultdict(deque)
+    names: dict[int, str] = {}
     for row in sorted(found, key=lambda r: int(r["JobID"])):
-        if int(row["JobID"]) not in known:
-            by_identity[(str(row.get("JobGroup", "")), str(row.get("JobName", "")))].append(int(row["JobID"]))
+        job_id, name = int(row["JobID"]), str(row.get("JobName", ""))
+        if job_id in known:
+            continue
+        names[job_id] = name
+        group = str(row.get("JobGroup", ""))
+        by_identity[(group, name)].append(job_id)
+        if str(job_id) in name:
+            by_identity[(group, name.replace(str(job_id), "%j"))].append(job_id)
+    adopted: set[int] = set()
     resend = []
     for index in lost:
         jdl = batch.jdls[index]
-        candidates = by_identity.get((jdl_attribute(jdl, "JobGroup"), jdl_attribute(jdl, "JobName")))
-        if candidates:
-            batch.created[index] = candidates.pop(0)
+        group, name = jdl_attribute(jdl, "JobGroup"), jdl_attribute(jdl, "JobName")
+        queue = by_identity.get((group, name), deque())
+        while queue and (queue[0] in adopted or names[queue[0]] != stored_name(name, queue[0])):
+            queue.popleft()  # adopted under its other key, or (a name with digits like its id) not this one
+        if queue:
+            batch.created[index] = job = queue.popleft()
+            adopted.add(job)
         else:
             resend.append(index)
     logger.info("Reconciled %d lost DIRAC submission(s): %d created by the server, %d to send again",
@@ -280,16 +309,38 @@ async def _reconcile(api: Any, batch: _Batch, classify: Callable[[BaseException]
     return resend
 
 
+def stored_name(name: str, job_id: int) -> str:
+    """The JobName DiracX stores for `name`: it replaces `%j` with the job's id."""
+    return name.replace("%j", str(job_id))
+
+
 async def _search_created(api: Any, batch: _Batch, lost: list[int],
                           classify: Callable[[BaseException], BaseException], policy: SubmitPolicy) -> list[dict]:
-    conditions = [{"parameter": "JobGroup", "operator": "in", "values": batch.values("JobGroup", lost)},
-                  {"parameter": "SubmissionTime", "operator": "gt", "value": batch.since.strftime("%Y-%m-%d %H:%M:%S")},
-                  {"parameter": "JobName", "operator": "in", "values": batch.values("JobName", lost)}]
+    """The jobs the submitter created in the batch's groups since it began.
+
+    Only the submitter's own (Owner, OwnerGroup and VO, as the server names them for our
+    token): DiracX 0.7 shows a normal user the jobs of every user and VO, and somebody
+    else's job of the same group and name must never be adopted. A JobName with `%j` is
+    stored with the job's id in it, so those names are matched after the search."""
+    names = batch.values("JobName", lost)
     for attempt in range(policy.attempts):
         batch.extra_requests += 1
         try:
-            return list(await api.jobs.search(parameters=["JobID", "JobGroup", "JobName"], search=conditions,
-                                              page=1, per_page=10_000))
+            if batch.owner is None:
+                me = await api.auth.userinfo()
+                batch.owner = {"Owner": me.preferred_username, "OwnerGroup": me.dirac_group, "VO": me.vo}
+                batch.extra_requests += 1
+            conditions = [
+                {"parameter": "JobGroup", "operator": "in", "values": batch.values("JobGroup", lost)},
+                {"parameter": "SubmissionTime", "operator": "gt",
+                 "value": batch.since.strftime("%Y-%m-%d %H:%M:%S")},
+                *({"parameter": attribute, "operator": "eq", "value": value} for attribute, value in batch.owner.items()),
+            ]
+            if not any("%j" in name for name in names):
+                conditions.append({"parameter": "JobName", "operator": "in", "values": names})
+            return list(await api.jobs.search(
+                parameters=["JobID", "JobGroup", "JobName", "Owner", "OwnerGroup", "VO"], search=conditions,
+                page=1, per_page=10_000))
         except Exception as exc:
             if not isinstance(classify(exc), TransientServiceError) or attempt == policy.attempts - 1:
                 raise classify(exc) from None

@@ -96,9 +96,11 @@ async def submit(block: DiracX, jobs: Sequence[DiracJob], key: str | None = None
                  concurrency: int = 4) -> list[int]:
     """Render, upload sandboxes, submit in chunks of 20 — once per flow run. At most
     `concurrency` calls are in flight, fewer while the server only queues them."""
-    jobs = [j if isinstance(j, DiracJob) else DiracJob.model_validate(j) for j in jobs]
-    key = key or submission_key("dirac", block.url, block.vo, block.group,
-                                [j.model_dump(mode="json") for j in jobs])
+    # checked again even when already a DiracJob: a model_copy(update=…) (e.g. the pipeline's
+    # parameters) is not validated, and nothing may be sent before every value is
+    described = [j.model_dump(mode="json") if isinstance(j, DiracJob) else j for j in jobs]
+    jobs = [DiracJob.model_validate(j) for j in described]
+    key = key or submission_key("dirac", block.url, block.vo, block.group, [j.model_dump(mode="json") for j in jobs])
     found = await JobLedger.current().find(key)
     if found:
         run_logger().info("Resuming %d DIRAC job(s) this flow run already submitted", len(found.job_ids))
@@ -223,12 +225,17 @@ async def fetch_job_outputs(diracx: DiracXArg, job_ids: Sequence[int],
         job_ids: the jobs whose outputs to fetch.
         destination: the folder to unpack into.
 
+    A job whose sandbox cannot be had — DiracX refuses it (e.g. `403 Invalid PFN`: uploaded
+    by another identity), it cannot be unpacked, or DiracX kept failing — is reported on
+    that job (`error`), and the others are fetched.
+
     Returns:
-        One `JobOutput` per job: its folder and files, or a note ("no output sandbox").
+        One `JobOutput` per job: its folder and files, a note ("no output sandbox"), or the
+        reason its sandbox could not be fetched (`error`).
 
     Raises:
         CredentialsRejected: DiracX refused the credentials.
-        TransientServiceError: DiracX did not answer (the task retries twice first).
+        TransientServiceError: DiracX could not be reached at all (the task retries twice first).
 
     Example:
         for output in fetch_job_outputs("diracx", ids, destination="outputs"):
@@ -351,7 +358,11 @@ class DiracBatchReport(BaseModel):
         if self.failed:
             lines += ["| failed job | status | minor status |", "|---|---|---|"]
             lines += [f"| {f.job_id} | {f.status} | {f.minor_status} |" for f in self.failed] + [""]
-        missing = [o for o in self.outputs if o.path is None]
+        unavailable = [o for o in self.outputs if o.error]
+        if unavailable:
+            lines += ["| job | output sandbox unavailable |", "|---|---|"]
+            lines += [f"| {o.job_id} | {o.error} |" for o in unavailable] + [""]
+        missing = [o for o in self.outputs if o.path is None and not o.error]
         if missing:
             lines += ["Jobs without an output sandbox: " + ", ".join(str(o.job_id) for o in missing)]
         return "\n".join(lines)
@@ -365,11 +376,13 @@ async def run_batch(diracx: DiracXArg, job: DiracJob, max_resubmissions: int = 2
     DIRAC's counterpart of `run_algorithm`: each step is a task run of its own
     (`dirac-submit`, `dirac-wait`, `dirac-resubmit`, `dirac-fetch-outputs`), so a retried
     flow run resumes where it was and nothing is submitted twice. A job that keeps
-    failing is reported with its status; the others' outputs are kept.
+    failing is reported with its status, a job whose output sandbox cannot be fetched
+    with the reason; the others' outputs are kept.
 
     Args:
         diracx: a `DiracX` block or the name of a saved one.
-        job: the job description; `parameters` makes one job per value (`%s` in arguments).
+        job: the job description; `parameters` makes one job per value (`%s`, `%n` in any
+            attribute, as in DIRAC).
         max_resubmissions: how many times a failed job is submitted again.
         destination: the folder for the output sandboxes (`<destination>/<job id>/`).
         policy: how to pace and how long to wait (a week at most by default).
