@@ -33,7 +33,8 @@ def dirac_batch(
     """Submit a (parametric) DIRAC job, wait, resubmit failures, collect outputs.
 
     Args:
-        job: The job description; `parameters` makes one job per value (`%s` in arguments).
+        job: The job description; `parameters` makes one job per value (`%s`, `%(name)s` and `%n` in any
+            attribute are replaced per job, as in DIRAC).
         diracx_block: Name of the DiracX block (server, VO, credentials) to use.
         destination: Folder for the output sandboxes, one sub-folder per job id.
         max_resubmissions: How many times a failed job is submitted again.

@@ -171,8 +171,9 @@ async def grid_stage(diracx: DiracX, spec: GridJobs, items: list[str], destinati
 
 def _results_table(items: list[str], grid: DiracBatchReport, path: Path) -> Path:
     """One numeric row per work item whose job finished — its position in the item list, its
-    final job id, the bytes its output sandbox holds — as the summary algorithm's input."""
-    outputs = {o.job_id: o for o in grid.outputs if o.path}
+    final job id, the bytes its output sandbox holds — as the summary algorithm's input. A job
+    whose sandbox could not be fetched whole (`error`) has no row: its bytes would be partial."""
+    outputs = {o.job_id: o for o in grid.outputs if o.path and not o.error}
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)

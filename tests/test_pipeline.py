@@ -138,3 +138,20 @@ def test_the_pipeline_parameters_render_as_a_form():
     assert {"WorkItems", "GridJobs", "Summary", "DiracJob"} <= set(definitions)
     assert definitions["GridJobs"]["properties"]["max_resubmissions"]["maximum"] == 10
     assert Summary().process == "CSV_SUMMARY"
+
+
+def test_the_results_table_leaves_out_a_job_whose_sandbox_was_not_fetched_whole(tmp_path):
+    """A job whose output sandbox DiracX refused part-way (`JobOutput.error`, files of an
+    earlier sandbox on disk) has no row: its byte count would be a partial one."""
+    from prefect_egi.flows.pipeline import _results_table
+    from prefect_egi.tasks import DiracBatchReport, JobOutput
+
+    for job_id in (7, 8):
+        (tmp_path / str(job_id)).mkdir()
+        (tmp_path / str(job_id) / "std.out").write_text("12345")
+    report = DiracBatchReport(submitted=2, jobs=[7, 8], resubmitted=0, succeeded=2, destination=str(tmp_path),
+                              outputs=[JobOutput(job_id=7, path=str(tmp_path / "7"), files=["std.out"]),
+                                       JobOutput(job_id=8, path=str(tmp_path / "8"), files=["std.out"],
+                                                 error="DiracX refused it (HTTP 403: Invalid PFN)")])
+    table = _results_table(["a", "b"], report, tmp_path / "table.csv").read_text().splitlines()
+    assert table == ["item_index,job_id,output_bytes", "0,7,5"]
