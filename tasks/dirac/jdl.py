@@ -143,7 +143,7 @@ class ParameterSequence(BaseModel):
         return values
 
 
-Sequence_ = Union[list[ParameterValue], ParameterSequence]
+ParameterValues = Union[list[ParameterValue], ParameterSequence]
 
 
 class DiracJob(BaseModel):
@@ -183,9 +183,9 @@ class DiracJob(BaseModel):
     number_of_processors: int | None = Field(default=None, ge=1, description="Exactly this many processors.")
     min_number_of_processors: int | None = Field(default=None, ge=1, description="At least this many processors.")
     max_number_of_processors: int | None = Field(default=None, ge=1, description="At most this many processors.")
-    parameters: Sequence_ = Field(default_factory=list, description="One job per value (%s), or a "
+    parameters: ParameterValues = Field(default_factory=list, description="One job per value (%s), or a "
                                                                     "ParameterSequence.")
-    named_parameters: dict[str, Sequence_] = Field(default_factory=dict,
+    named_parameters: dict[str, ParameterValues] = Field(default_factory=dict,
                                                    description="More sequences, %(name)s: name → values.")
     number_of_parameters: int | None = Field(default=None, ge=1,
                                              description="How many jobs, when no list of values says (DIRAC's "
@@ -231,7 +231,7 @@ class DiracJob(BaseModel):
 
     @field_validator("named_parameters")
     @classmethod
-    def _names(cls, value: dict[str, Sequence_]) -> dict[str, Sequence_]:
+    def _names(cls, value: dict[str, ParameterValues]) -> dict[str, ParameterValues]:
         for name in value:
             if not _NAME.fullmatch(name):
                 raise ValueError(f"named_parameters: {name!r} is not a parameter name (letters, digits, _)")
@@ -374,7 +374,7 @@ class DiracJob(BaseModel):
 
     def _sequences(self) -> tuple[int, dict[str, list[ParameterValue]]]:
         """How many jobs (0: not parametric) and each sequence's values ("" is the `%s` one)."""
-        given: dict[str, Sequence_] = dict(self.named_parameters)
+        given: dict[str, ParameterValues] = dict(self.named_parameters)
         if self.parameters or self.number_of_parameters is not None:
             # DIRAC's `Parameters = N` alone is its default sequence (1, 1, 1 …)
             given = {"": self.parameters or ParameterSequence(), **given}
