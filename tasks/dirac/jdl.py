@@ -143,6 +143,7 @@ class ParameterSequence(BaseModel):
         return values
 
 
+#: one sequence of a parametric job: a value per job, or start/step/factor (DIRAC's Parameters*)
 ParameterValues = Union[list[ParameterValue], ParameterSequence]
 
 
