@@ -44,6 +44,9 @@ TOKEN_ENV = (
     "OIDC_AGENT_ACCOUNT",
     "OIDC_SOCK",
     "OIDC_ISSUER",
+    "MYTOKEN",
+    "FEDCLOUD_MYTOKEN",
+    "MYTOKEN_SERVER",
 )
 
 
@@ -79,6 +82,14 @@ class CheckinPeer:
     def login(self, user: str = "alice", **extra) -> dict:
         """A fresh login: access + refresh token, as a user would get from Check-in."""
         return self.process.control("login", user=user, **extra)
+
+    def mytoken(self, user: str = "alice", **options) -> str:
+        """A new mytoken of the peer's mytoken server (options: capabilities, rotation, expires_in)."""
+        return self.process.control("mytoken", user=user, **options)["mytoken"]
+
+    @property
+    def mytoken_server(self) -> str:
+        return self.url + "/mytoken"
 
     def stats(self) -> dict[str, int]:
         return self.process.stats()
