@@ -18,7 +18,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from prefect_egi.tasks import CheckinCredentials, NoTokenError, parse_token
+from prefect_egi.tasks import CheckinCredentials, NoTokenError
 from prefect_egi.tasks.checkin.mytoken import MYTOKEN_ENVIRONMENT, MytokenClient
 
 API = Path(__file__).parent / "data" / "checkin" / "mytoken-api-v0"
