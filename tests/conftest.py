@@ -327,9 +327,12 @@ def diracx(diracx_process) -> DiracXPeer:
 
 @pytest.fixture(scope="session")
 def notebooks_process(checkin_process):
-    """A real JupyterHub behind an EGI-like `/services/jwt` front that trusts our Check-in peer."""
+    """A real JupyterHub behind an EGI-like `/services/jwt` front that trusts our Check-in peer; its
+    error pages are EGI's (tests/data/notebooks/egi-templates), its front's timeouts generous (a busy machine)."""
     peer = start_peer("notebooks", "notebooks_peer.py", "--issuer", checkin_process.info["issuer"],
-                      "--spawn-seconds", "1.0", timeout=60)
+                      "--spawn-seconds", "1.0", "--template-path", str(REPO / "tests" / "data" / "notebooks" /
+                                                                        "egi-templates"),
+                      "--login-timeout", "60", "--api-timeout", "60", "--slow-stop-timeout", "1", timeout=60)
     yield peer
     peer.stop()
 

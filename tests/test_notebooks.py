@@ -32,28 +32,29 @@ def test_version_and_who_i_am(notebooks, checkin):
 
 
 def test_only_admins_list_users_and_the_200_with_403_body_is_an_error(notebooks, checkin):
-    asyncio.run(hub_user.fn(hub(notebooks, checkin, "bob")))  # bob exists on the hub
+    asyncio.run(hub_user.fn(hub(notebooks, checkin, "carol")))  # carol exists on the hub
     names = {u.name for u in asyncio.run(hub_users.fn(hub(notebooks, checkin)))}
-    assert {"alice", "bob"} <= names
+    assert {"alice", "carol"} <= names
     with pytest.raises(HubError, match="Only hub admins can list users") as refused:
-        asyncio.run(hub_users.fn(hub(notebooks, checkin, "bob")))
+        asyncio.run(hub_users.fn(hub(notebooks, checkin, "carol")))
     assert refused.value.status == 403
 
 
 def test_start_and_stop_my_server_waiting_for_each(notebooks, checkin):
-    block = hub(notebooks, checkin, "bob")
+    block = hub(notebooks, checkin, "carol")
     server = asyncio.run(start_server.fn(block, deadline_seconds=60))
-    assert server.ready and server.url == "/user/bob/"
+    assert server.ready and server.url == "/user/carol/"
     again = asyncio.run(start_server.fn(block, deadline_seconds=60))  # already running: just ready
     assert again.ready
     after = asyncio.run(stop_server.fn(block, deadline_seconds=60))
     assert "" not in after.servers
     stats = notebooks.stats()
-    assert stats.get("POST /services/jwt/users/bob/server") == 2 and stats.get("DELETE /services/jwt/users/bob/server") == 1
+    assert stats.get("POST /services/jwt/users/carol/server") == 2
+    assert stats.get("DELETE /services/jwt/users/carol/server") == 1
 
 
 def test_a_named_server_with_options(notebooks, checkin):
-    block = hub(notebooks, checkin, "bob")
+    block = hub(notebooks, checkin, "carol")
     server = asyncio.run(start_server.fn(block, server="gpu", options={"image": "pangeo"}, deadline_seconds=60))
     assert server.ready and server.name == "gpu"
     assert "gpu" not in asyncio.run(stop_server.fn(block, server="gpu", deadline_seconds=60)).servers
@@ -62,8 +63,8 @@ def test_a_named_server_with_options(notebooks, checkin):
 def test_a_start_that_does_not_finish_in_time_is_a_clear_error(notebooks, checkin):
     from prefect_egi.tasks import ServerWaitFailed
 
-    block = hub(notebooks, checkin, "bob")
-    with pytest.raises(ServerWaitFailed, match="bob's server slow is not ready"):
+    block = hub(notebooks, checkin, "carol")
+    with pytest.raises(ServerWaitFailed, match="carol's server slow is not ready"):
         asyncio.run(start_server.fn(block, server="slow", deadline_seconds=0.3))
     asyncio.run(stop_server.fn(block, server="slow", deadline_seconds=60))
 
@@ -96,7 +97,7 @@ def test_hub_calls_in_a_flow_leave_no_token_in_prefect(prefect_db, notebooks, ch
     from conftest import database_bytes
     from prefect import flow
 
-    block = hub(notebooks, checkin, "bob")
+    block = hub(notebooks, checkin, "carol")
 
     @flow(log_prints=True)
     async def my_notebook_server() -> str:
@@ -106,7 +107,7 @@ def test_hub_calls_in_a_flow_leave_no_token_in_prefect(prefect_db, notebooks, ch
         await stop_server(block, deadline_seconds=60)
         return me.name
 
-    assert asyncio.run(my_notebook_server()) == "bob"
+    assert asyncio.run(my_notebook_server()) == "carol"
     access = block.checkin.get_access_token()
     refresh = block.checkin.refresh_token.get_secret_value()
     stored = database_bytes(prefect_db)
@@ -124,9 +125,9 @@ def test_the_server_flow_is_a_plain_call(prefect_db, notebooks, checkin):
     from prefect_egi.flows import notebooks_server
 
     name = f"hub-{uuid.uuid4().hex[:8]}"
-    hub(notebooks, checkin, "bob").save(name, overwrite=True)
+    hub(notebooks, checkin, "carol").save(name, overwrite=True)
     started = notebooks_server("start", hub_block=name)
-    assert started.name == "bob" and started.servers[""].ready
+    assert started.name == "carol" and started.servers[""].ready
 
     async def in_a_cell():
         return notebooks_server("stop", hub_block=name)
