@@ -22,7 +22,9 @@ Sources, in order (the first fresh token wins):
 
 4. a refresh token: OIDC_REFRESH_TOKEN + OIDC_CLIENT_ID (+ OIDC_CLIENT_SECRET), redeemed at the issuer found by OIDC discovery (--issuer)
 
-5. oidc-agent, when OIDC_AGENT_ACCOUNT is set (needs the oidc-agent extra of prefect-egi)
+5. a mytoken: --mytoken (or `--mytoken -` for stdin), else MYTOKEN, then FEDCLOUD_MYTOKEN, redeemed at its mytoken server (the one it names, else --mytoken-server / MYTOKEN_SERVER, default https://mytoken.data.kit.edu); make it with the "AT" capability
+
+6. oidc-agent, when OIDC_AGENT_ACCOUNT is set (needs the oidc-agent extra of prefect-egi)
 
 Or use the sources saved in a CheckinCredentials block: --block NAME.
 """
@@ -43,10 +45,14 @@ TokenFileOption = Annotated[Optional[list[str]], typer.Option("--token-file", he
 IssuerOption = Annotated[str, typer.Option("--issuer", envvar="OIDC_ISSUER", help="Check-in issuer URL.")]
 ClientIdOption = Annotated[Optional[str], typer.Option("--client-id", envvar="OIDC_CLIENT_ID", help="OAuth client id (for refreshing).")]
 BlockOption = Annotated[Optional[str], typer.Option("--block", help="Use a saved CheckinCredentials block by name.")]
+MytokenOption = Annotated[Optional[str], typer.Option("--mytoken", help="A mytoken, or - to read it from stdin.")]
+MytokenServerOption = Annotated[Optional[str], typer.Option(
+    "--mytoken-server", envvar="MYTOKEN_SERVER", help="The mytoken server (default: the one the mytoken names).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
-def _credentials(token: str | None, token_file: list[str] | None, issuer: str, client_id: str | None, block: str | None):
+def _credentials(token: str | None, token_file: list[str] | None, issuer: str, client_id: str | None, block: str | None,
+                 mytoken: str | None = None, mytoken_server: str | None = None):
     """Build the CheckinCredentials the command uses (margin 0: we check, not refresh early)."""
     import os
 
@@ -56,8 +62,13 @@ def _credentials(token: str | None, token_file: list[str] | None, issuer: str, c
         credentials = CheckinCredentials.load(block)
         credentials.margin_seconds = 0
         return credentials
+    if token == "-" and mytoken == "-":
+        typer.echo("Only one of --token and --mytoken can be read from stdin.", err=True)
+        raise typer.Exit(EXIT_MALFORMED)
     if token == "-":
         token = sys.stdin.read()
+    if mytoken == "-":
+        mytoken = sys.stdin.read()
     secret = os.environ.get("OIDC_CLIENT_SECRET")
     refresh = os.environ.get("OIDC_REFRESH_TOKEN")
     kwargs = {"token_files": token_file} if token_file else {}
@@ -67,6 +78,8 @@ def _credentials(token: str | None, token_file: list[str] | None, issuer: str, c
         client_id=client_id,
         client_secret=SecretStr(secret) if secret else None,
         refresh_token=SecretStr(refresh) if refresh else None,
+        mytoken=SecretStr(mytoken) if mytoken is not None else None,
+        mytoken_server=mytoken_server,
         margin_seconds=0,
         **kwargs,
     )
@@ -100,6 +113,8 @@ def token_check(
     issuer: IssuerOption = "https://aai.egi.eu/auth/realms/egi",
     client_id: ClientIdOption = None,
     block: BlockOption = None,
+    mytoken: MytokenOption = None,
+    mytoken_server: MytokenServerOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show who the token belongs to and how long it stays valid.
@@ -110,7 +125,8 @@ def token_check(
     """
     from prefect_egi.tasks.checkin.identity import identify
 
-    me = identify(_resolve(_credentials(token, token_file, issuer, client_id, block)), ask_issuer=False)
+    credentials = _credentials(token, token_file, issuer, client_id, block, mytoken, mytoken_server)
+    me = identify(_resolve(credentials), ask_issuer=False)
     left = me.seconds_left()
     if as_json:
         report = {
@@ -147,6 +163,8 @@ def token_vos(
     issuer: IssuerOption = "https://aai.egi.eu/auth/realms/egi",
     client_id: ClientIdOption = None,
     block: BlockOption = None,
+    mytoken: MytokenOption = None,
+    mytoken_server: MytokenServerOption = None,
 ) -> None:
     """List the VOs you are a member of, one per line.
 
@@ -155,7 +173,7 @@ def token_vos(
     """
     from prefect_egi.tasks.checkin.identity import identify
 
-    credentials = _credentials(token, token_file, issuer, client_id, block)
+    credentials = _credentials(token, token_file, issuer, client_id, block, mytoken, mytoken_server)
     identity = identify(_resolve(credentials), credentials.provider.oidc)
     if identity.note:
         typer.echo(identity.note, err=True)

@@ -62,7 +62,8 @@ _PUBLIC = {
     "prefect_egi.tasks.notebooks.block": ["NotebooksHub"],
     "prefect_egi.tasks.notebooks.tasks": ["hub_version", "hub_user", "hub_users", "start_server", "stop_server",
                                           "ServerWaitFailed"],
-    "prefect_egi.tasks.notebooks.client": ["HubUser", "HubServer", "HubError", "HubTokenRejected"],
+    "prefect_egi.tasks.notebooks.client": ["HubUser", "HubServer", "HubError", "HubTokenRejected",
+                                           "HubUserNotAdmitted", "HubListingIncomplete"],
     # the engine, the job ledger and its hooks, secrets — for building on
     "prefect_egi.tasks.remote": ["watch", "WatchPolicy", "RemoteJobAdapter", "JobState", "JobStatus",
                                  "WatchReporter", "WatchError", "WatchDeadlineExceeded", "WatchGaveUp"],
@@ -144,7 +145,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (tests/test_layers.py check
     from prefect_egi.tasks.http import TLSVerificationError
     from prefect_egi.tasks.job_ledger import cancel_remote_jobs, cancel_submissions, keep_remote_jobs_on_crash
     from prefect_egi.tasks.notebooks.block import NotebooksHub
-    from prefect_egi.tasks.notebooks.client import HubError, HubServer, HubTokenRejected, HubUser
+    from prefect_egi.tasks.notebooks.client import (
+        HubError,
+        HubListingIncomplete,
+        HubServer,
+        HubTokenRejected,
+        HubUser,
+        HubUserNotAdmitted,
+    )
     from prefect_egi.tasks.notebooks.tasks import (
         ServerWaitFailed,
         hub_user,

@@ -44,6 +44,9 @@ TOKEN_ENV = (
     "OIDC_AGENT_ACCOUNT",
     "OIDC_SOCK",
     "OIDC_ISSUER",
+    "MYTOKEN",
+    "FEDCLOUD_MYTOKEN",
+    "MYTOKEN_SERVER",
 )
 
 
@@ -79,6 +82,14 @@ class CheckinPeer:
     def login(self, user: str = "alice", **extra) -> dict:
         """A fresh login: access + refresh token, as a user would get from Check-in."""
         return self.process.control("login", user=user, **extra)
+
+    def mytoken(self, user: str = "alice", **options) -> str:
+        """A new mytoken of the peer's mytoken server (options: capabilities, rotation, expires_in)."""
+        return self.process.control("mytoken", user=user, **options)["mytoken"]
+
+    @property
+    def mytoken_server(self) -> str:
+        return self.url + "/mytoken"
 
     def stats(self) -> dict[str, int]:
         return self.process.stats()
@@ -316,9 +327,12 @@ def diracx(diracx_process) -> DiracXPeer:
 
 @pytest.fixture(scope="session")
 def notebooks_process(checkin_process):
-    """A real JupyterHub behind an EGI-like `/services/jwt` front that trusts our Check-in peer."""
+    """A real JupyterHub behind an EGI-like `/services/jwt` front that trusts our Check-in peer; its
+    error pages are EGI's (tests/data/notebooks/egi-templates), its front's timeouts generous (a busy machine)."""
     peer = start_peer("notebooks", "notebooks_peer.py", "--issuer", checkin_process.info["issuer"],
-                      "--spawn-seconds", "1.0", timeout=60)
+                      "--spawn-seconds", "1.0", "--template-path", str(REPO / "tests" / "data" / "notebooks" /
+                                                                        "egi-templates"),
+                      "--login-timeout", "60", "--api-timeout", "60", "--slow-stop-timeout", "1", timeout=60)
     yield peer
     peer.stop()
 

@@ -131,3 +131,49 @@ def test_authorization_code_with_pkce(checkin, http):
     checkin.configure(browser_user="bob")
     code = authorize()["code"]
     assert jwt.decode(redeem(code).json()["id_token"], keys, algorithms=["RS256"]).claims["preferred_username"] == "bob"
+
+
+def test_groups_are_released_as_entitlements_and_eduperson_entitlement(checkin, http):
+    """Check-in's Keycloak releases `entitlements` (EGI-Federation/documentation#799) beside the older
+    `eduperson_entitlement`, in tokens and userinfo; a client may see only one of them."""
+    from prefect_egi.tasks import parse_token
+    from prefect_egi.tasks.checkin.tokens import ENTITLEMENT_CLAIMS
+
+    def released(token: str) -> set[str]:
+        info = http.get(f"{checkin.issuer}/protocol/openid-connect/userinfo",
+                        headers={"Authorization": f"Bearer {token}"}).json()
+        return {claim for claim in ENTITLEMENT_CLAIMS if claim in info}
+
+    both = checkin.login()["access_token"]
+    assert released(both) == {"entitlements", "eduperson_entitlement"}
+    checkin.configure(entitlement_claims=["entitlements"])
+    only_new = checkin.login()["access_token"]
+    assert released(only_new) == {"entitlements"}
+    assert parse_token(only_new).claims.entitlements == parse_token(both).claims.entitlements
+
+
+def test_the_mytoken_server_answers_as_oidc_mytoken_does(checkin, http):
+    """oidc-mytoken/server v0: grant type first (400 invalid_grant), then the mytoken (401 invalid_token,
+    no description once revoked), the AT capability (403), the provider (400); rotation on an access
+    token revokes the old mytoken, and with auto_revoke its reuse revokes the family."""
+    url = f"{checkin.mytoken_server}/api/v0/token/access"
+
+    def redeem(mytoken: str, **extra):
+        return http.post(url, json={"grant_type": "mytoken", "mytoken": mytoken, **extra})
+
+    assert http.post(url, json={"mytoken": "x"}).json() == {"error": "invalid_grant",
+                                                             "error_description": "Unsupported grant_type"}
+    assert http.post(url, data={"grant_type": "mytoken"}).status_code == 401  # form bodies too
+    assert redeem("not-a-mytoken").status_code == 401
+    limited = redeem(checkin.mytoken(capabilities=["tokeninfo"]))
+    assert limited.status_code == 403 and limited.json()["error"] == "insufficient_capabilities"
+    foreign = redeem(checkin.mytoken(), oidc_issuer="https://other.example/realm")
+    assert foreign.status_code == 400 and foreign.json()["error_description"] == "token not for specified issuer"
+
+    plain = checkin.mytoken()
+    first = redeem(plain).json()
+    assert first["token_type"] == "Bearer" and "token_update" not in first and redeem(plain).status_code == 200
+    rotating = checkin.mytoken(rotation={"on_AT": True, "auto_revoke": True})
+    successor = redeem(rotating).json()["token_update"]["mytoken"]
+    assert redeem(rotating).json() == {"error": "invalid_token"}  # rotated away, and now the family too
+    assert redeem(successor).status_code == 401

@@ -15,7 +15,7 @@ EGI_FLOWS = Path(sys.executable).with_name("egi-flows")
 
 
 def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OIDC_", "FEDCLOUD_"))}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OIDC_", "FEDCLOUD_", "MYTOKEN"))}
     return subprocess.run(
         [str(EGI_FLOWS), *args], input=stdin, capture_output=True, text=True, timeout=60,
         env={**clean, **(env or {})},
@@ -30,7 +30,7 @@ def test_help_teaches_the_sources():
     result = run("token", "--help")
     assert result.returncode == 0
     for expected in ("OIDC_ACCESS_TOKEN", "FEDCLOUD_OIDC_ACCESS_TOKEN", "/var/run/secrets/egi.eu/access_token",
-                     "OIDC_REFRESH_TOKEN", "oidc-agent", "--block"):
+                     "OIDC_REFRESH_TOKEN", "MYTOKEN", "FEDCLOUD_MYTOKEN", "--mytoken", "oidc-agent", "--block"):
         assert expected in result.stdout
     check_help = run("token", "check", "--help").stdout
     assert "Exit codes: 0 valid, 1 expired or no token found, 2 malformed" in check_help
@@ -125,3 +125,43 @@ def test_check_with_a_saved_block(prefect_db, checkin, tmp_path):
     result = run("token", "check", "--block", "cli-block", env={"PREFECT_API_URL": PREFECT_API_URL.value()})
     assert result.returncode == 0, result.stderr
     assert f"Source:   refresh token grant at {checkin.issuer}" in result.stdout
+
+
+def test_check_and_vos_read_the_entitlements_claim(checkin, tmp_path):
+    """Check-in's Keycloak releases a user's groups as `entitlements` (EGI-Federation/documentation#799,
+    tests/data/checkin/egi-docs-checkin-groups-claims.md); `token check` used to show `"vos": []`."""
+    from prefect_egi.tasks import parse_token
+
+    checkin.configure(entitlement_claims=["entitlements"])  # the `checkin` fixture restores both after
+    token = checkin.login()["access_token"]
+    assert "eduperson_entitlement" not in json.loads(base64_payload(token))
+    result = run("token", "check", "--json", *no_files(tmp_path), env={"OIDC_ACCESS_TOKEN": token})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["vos"] == ["eosc-synergy.eu", "vo.access.egi.eu", "vo.notebooks.egi.eu"]
+    listed = run("token", "vos", "--issuer", checkin.issuer, *no_files(tmp_path), env={"OIDC_ACCESS_TOKEN": token})
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["eosc-synergy.eu", "vo.access.egi.eu", "vo.notebooks.egi.eu"]
+    assert parse_token(token).claims.vos  # the same rule in the library
+
+
+def base64_payload(token: str) -> str:
+    import base64
+
+    payload = token.split(".")[1]
+    return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()
+
+
+def test_check_a_mytoken_from_the_environment(checkin, tmp_path):
+    """fedcloudclient reads FEDCLOUD_MYTOKEN (tests/data/checkin/fedcloudclient-usage-mytoken.rst);
+    MYTOKEN is read first. The mytoken is redeemed at the server it names."""
+    for variable in ("MYTOKEN", "FEDCLOUD_MYTOKEN"):
+        mytoken = checkin.mytoken()
+        result = run("token", "check", *no_files(tmp_path), env={variable: mytoken, "OIDC_ISSUER": checkin.issuer})
+        assert result.returncode == 0, result.stderr
+        assert f"Source:   mytoken at {checkin.mytoken_server}" in result.stdout
+        assert "VOs:      eosc-synergy.eu, vo.access.egi.eu, vo.notebooks.egi.eu" in result.stdout
+        assert mytoken not in result.stdout + result.stderr
+    pasted = run("token", "check", "--json", "--mytoken", "-", "--issuer", checkin.issuer, *no_files(tmp_path),
+                 stdin=checkin.mytoken() + "\n")
+    assert pasted.returncode == 0, pasted.stderr
+    assert json.loads(pasted.stdout)["source"] == f"mytoken at {checkin.mytoken_server}"

@@ -209,10 +209,10 @@ def test_no_source_lists_every_source_and_the_fixes(checkin, tmp_path):
     for expected in ("explicit token: none given", "OIDC_ACCESS_TOKEN", "FEDCLOUD_OIDC_ACCESS_TOKEN",
                      "token file", "no such file", "no refresh token configured", "oidc-agent",
                      "enable the EGI Notebooks token mount", "export OIDC_ACCESS_TOKEN",
-                     "configure a refresh token"):
+                     "configure a refresh token", "no mytoken configured", "export MYTOKEN"):
         assert expected in message
     assert [a.source.split(" ")[0] for a in caught.value.attempts] == [
-        "explicit", "environment", "token", "refresh", "oidc-agent"]
+        "explicit", "environment", "token", "refresh", "mytoken", "oidc-agent"]
 
 
 def test_expired_token_without_refresh_names_the_expiry(checkin, tmp_path, monkeypatch):

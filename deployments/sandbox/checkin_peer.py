@@ -11,10 +11,23 @@ Keycloak speaks, at the same paths under `/auth/realms/egi`:
   fields (both at once, as EGI's scripts send them, is accepted when they agree),
   and RFC 6749 error bodies (`invalid_grant`, `invalid_client`, …);
 - access tokens are RS256 JWTs with Check-in's claims and a lifetime you choose,
-  so expiry in the middle of a flow can be tested.
+  so expiry in the middle of a flow can be tested. A user's groups are released in the
+  claims `entitlements` (the RFC 9068 name Check-in's Keycloak now releases; see
+  EGI-Federation/documentation#799) and `eduperson_entitlement` (the older name, still
+  released), in tokens, userinfo and introspection; `/_peer/config` with
+  `entitlement_claims` releases only some of them, as a given Check-in client sees;
+- a mytoken server (oidc-mytoken/server's API v0) under `/mytoken`: its discovery
+  document (`/mytoken/.well-known/mytoken-configuration`) and access token endpoint
+  (`POST /mytoken/api/v0/token/access`, `grant_type=mytoken`, JSON or form), with
+  mytokens as the real server makes them (JWTs naming their server in `iss`, `seq_no`,
+  `capabilities`, `rotation`), rotation on each access token (`on_AT`), revocation of
+  a rotated-away mytoken and, with `auto_revoke`, of its whole family when it is used
+  again, and the server's error bodies (`invalid_token` 401, `insufficient_capabilities`
+  403, `invalid_request` 400 for another provider's mytoken, `invalid_grant` 400).
 
-For tests and the sandbox it also serves `/_peer/*`: mint a login for a user,
-read request counters, change lifetimes, and inject faults (5xx bursts, delays).
+For tests and the sandbox it also serves `/_peer/*`: mint a login (`login`) or a
+mytoken (`mytoken`: user, capabilities, rotation, expires_in) for a user, read request
+counters, change lifetimes and released claims, and inject faults (5xx bursts, delays).
 
 Run: `python checkin_peer.py --port 0` prints one JSON line with its URLs.
 """
@@ -47,6 +60,11 @@ EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 REFRESH_TYPE = "urn:ietf:params:oauth:token-type:refresh_token"
 DEFAULT_SCOPE = "openid profile eduperson_entitlement offline_access"
+#: The claims a user's groups are released in (see the module docstring).
+ENTITLEMENT_CLAIMS = ("entitlements", "eduperson_entitlement")
+MYTOKEN = "/mytoken"  # the mytoken server's path on this peer (its `issuer` is base_url + MYTOKEN)
+MYTOKEN_CLIENT = "mytoken"  # the OIDC client the mytoken server holds users' refresh tokens as
+MYTOKEN_VERSION = "0.7"  # oidc-mytoken/api v0 TokenVer
 
 DEFAULT_USERS = {
     "alice": {
@@ -65,6 +83,15 @@ DEFAULT_USERS = {
         "name": "Bob NoVO",
         "email": "bob@example.org",
         "eduperson_entitlement": [],
+    },
+    # a researcher of the EGI Notebooks VO only (no cloud VO, not a hub admin)
+    "carol": {
+        "sub": "5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f@egi.eu",
+        "name": "Carol Notebooks",
+        "email": "carol@example.org",
+        "eduperson_entitlement": [
+            "urn:mace:egi.eu:group:vo.notebooks.egi.eu:role=member#aai.egi.eu",
+        ],
     },
 }
 DEFAULT_CLIENTS = {
@@ -101,6 +128,26 @@ class AuthorizationCode:
 
 
 @dataclass
+class MytokenRecord:
+    """A mytoken's server-side record: its family (jti) and which sequence number is current."""
+
+    user: str
+    seq_no: int
+    capabilities: list[str]
+    rotation: dict[str, Any] | None
+    expires_at: float
+    revoked: bool = False
+
+
+class MytokenError(Exception):
+    """An error answer of the mytoken server: `{"error", "error_description"?}` (omitted when empty)."""
+
+    def __init__(self, status: int, error: str, description: str = ""):
+        super().__init__(error)
+        self.status, self.error, self.description = status, error, description
+
+
+@dataclass
 class Fault:
     status: int = 503
     delay: float = 0.0
@@ -117,6 +164,8 @@ class PeerState:
     clients: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_CLIENTS))
     grants: dict[str, Grant] = field(default_factory=dict)
     codes: dict[str, AuthorizationCode] = field(default_factory=dict)
+    mytokens: dict[str, MytokenRecord] = field(default_factory=dict)  # jti -> record
+    entitlement_claims: tuple[str, ...] = ENTITLEMENT_CLAIMS
     browser_user: str = "alice"  # who is "logged in" at the authorization endpoint
     revoked_jti: set[str] = field(default_factory=set)
     counters: Counter[str] = field(default_factory=Counter)
@@ -132,6 +181,15 @@ class PeerState:
     @property
     def issuer(self) -> str:
         return self.base_url + REALM
+
+    @property
+    def mytoken_issuer(self) -> str:
+        return self.base_url + MYTOKEN
+
+    def groups(self, profile: dict[str, Any]) -> dict[str, list[str]]:
+        """The user's entitlements, under each claim name this peer releases."""
+        entitlements = list(profile.get("eduperson_entitlement", []))
+        return {name: list(entitlements) for name in self.entitlement_claims}
 
     # -- tokens ------------------------------------------------------------------
     def access_token(self, user: str, client_id: str, scope: str, lifetime: int | None = None) -> tuple[str, int]:
@@ -150,7 +208,7 @@ class PeerState:
             "jti": uuid.uuid4().hex,
             "scope": scope,
             "preferred_username": user,
-            "eduperson_entitlement": profile.get("eduperson_entitlement", []),
+            **self.groups(profile),
         }
         header = {"alg": "RS256", "typ": "JWT", "kid": self.key.kid}
         return self.minted(jwt.encode(header, claims, self.key)), lifetime
@@ -188,6 +246,93 @@ class PeerState:
     def minted(self, token: str) -> str:
         self.issued.append(token)
         return token
+
+    # -- mytokens -----------------------------------------------------------------
+    def mytoken(self, user: str, capabilities: list[str], rotation: dict[str, Any] | None,
+                expires_in: int) -> dict[str, Any]:
+        """A new mytoken family for `user`, as the server's mytoken endpoint answers it."""
+        jti = str(uuid.uuid4())
+        self.mytokens[jti] = MytokenRecord(user, 0, list(capabilities), rotation, time.time() + expires_in)
+        return self.mytoken_response(jti)
+
+    def mytoken_response(self, jti: str) -> dict[str, Any]:
+        """The current mytoken of a family (a MytokenResponse of oidc-mytoken/api v0)."""
+        record = self.mytokens[jti]
+        profile = self.users[record.user]
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "ver": MYTOKEN_VERSION, "token_type": "mytoken", "iss": self.mytoken_issuer,
+            "sub": hashlib.sha256(f"{profile['sub']}@{self.issuer}".encode()).hexdigest(),
+            "exp": int(record.expires_at), "nbf": now, "iat": now, "auth_time": now, "jti": jti,
+            "seq_no": record.seq_no, "aud": self.mytoken_issuer, "oidc_sub": profile["sub"],
+            "oidc_iss": self.issuer, "capabilities": record.capabilities,
+        }
+        if record.rotation:
+            claims["rotation"] = record.rotation
+        header = {"alg": "RS256", "typ": "MT+JWT", "kid": self.key.kid}
+        answer: dict[str, Any] = {"mytoken": self.minted(jwt.encode(header, claims, self.key)),
+                                  "mytoken_type": "token", "expires_in": max(0, int(record.expires_at) - now),
+                                  "capabilities": record.capabilities}
+        if record.rotation:
+            answer["rotation"] = record.rotation
+        return answer
+
+    def redeem_mytoken(self, form: dict[str, str]) -> dict[str, Any]:
+        """The access token endpoint: checks in the order the real server makes them."""
+        if form.get("grant_type") != "mytoken":
+            raise MytokenError(400, "invalid_grant", "Unsupported grant_type")
+        presented = form.get("mytoken") or form.get("refresh_token") or ""
+        if not presented:
+            raise MytokenError(401, "invalid_token", "no mytoken found in request")
+        try:
+            claims = jwt.decode(presented, self.key, algorithms=["RS256"]).claims
+            jwt.JWTClaimsRegistry(exp={"essential": True}).validate(claims)
+        except (JoseError, ValueError) as exc:
+            raise MytokenError(401, "invalid_token", type(exc).__name__) from None
+        record = self.mytokens.get(str(claims.get("jti")))
+        if record is None or record.revoked or claims.get("seq_no") != record.seq_no:
+            if record is not None and (record.rotation or {}).get("auto_revoke"):
+                record.revoked = True  # a rotated-away mytoken came back: the family is compromised
+            raise MytokenError(401, "invalid_token")
+        if "AT" not in record.capabilities:
+            raise MytokenError(403, "insufficient_capabilities",
+                               "The provided token does not have the required capability for this operation")
+        requested = form.get("oidc_issuer") or claims["oidc_iss"]
+        if requested != claims["oidc_iss"]:
+            raise MytokenError(400, "invalid_request", "token not for specified issuer")
+        scope = form.get("scope") or DEFAULT_SCOPE
+        access, lifetime = self.access_token(record.user, MYTOKEN_CLIENT, scope)
+        answer: dict[str, Any] = {"access_token": access, "token_type": "Bearer", "expires_in": lifetime,
+                                  "scope": scope}
+        if (record.rotation or {}).get("on_AT"):
+            record.seq_no += 1
+            if record.rotation.get("lifetime"):
+                record.expires_at = time.time() + int(record.rotation["lifetime"])
+            answer["token_update"] = self.mytoken_response(str(claims["jti"]))
+        return answer
+
+    def mytoken_configuration(self) -> dict[str, Any]:
+        """The discovery document (oidc-mytoken/api v0 MytokenConfiguration)."""
+        base = self.mytoken_issuer
+        return {
+            "issuer": base,
+            "access_token_endpoint": f"{base}/api/v0/token/access",
+            "mytoken_endpoint": f"{base}/api/v0/token/my",
+            "tokeninfo_endpoint": f"{base}/api/v0/tokeninfo",
+            "revocation_endpoint": f"{base}/api/v0/token/revoke",
+            "usersettings_endpoint": f"{base}/api/v0/settings",
+            "jwks_uri": f"{base}/jwks",
+            "providers_supported": [{"issuer": self.issuer, "name": "EGI Check-in",
+                                     "scopes_supported": DEFAULT_SCOPE.split()}],
+            "token_signing_alg_value": "RS256",
+            "access_token_endpoint_grant_types_supported": ["mytoken"],
+            "mytoken_endpoint_grant_types_supported": ["oidc_flow", "mytoken"],
+            "mytoken_endpoint_oidc_flows_supported": ["authorization_code"],
+            "response_types_supported": ["token"],
+            "restriction_claims_supported": ["nbf", "exp", "scope", "audience", "hosts", "usages_AT"],
+            "token_endpoint": f"{base}/api/v0/token/access",
+            "version": "checkin-peer",
+        }
 
     def token_response(self, user: str, client_id: str, scope: str, refresh: bool = True) -> dict[str, Any]:
         access, lifetime = self.access_token(user, client_id, scope)
@@ -298,6 +443,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, counters)
         if path == "/_peer/issued":
             return self._send(200, list(self.state.issued))
+        if path == f"{MYTOKEN}/.well-known/mytoken-configuration":
+            return self._send(200, self.state.mytoken_configuration())
         self._send(404, {"error": "not_found"})
 
     def do_POST(self) -> None:
@@ -317,8 +464,14 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send(200, b"")
             if path == f"{OIDC}/userinfo":
                 return self.userinfo()
+            if path == f"{MYTOKEN}/api/v0/token/access":
+                with self.state.lock:
+                    return self._send(200, self.state.redeem_mytoken(form))
             if path.startswith("/_peer/"):
                 return self._send(200, self.control(path[len("/_peer/"):], form))
+        except MytokenError as exc:
+            body = {"error": exc.error, **({"error_description": exc.description} if exc.description else {})}
+            return self._send(exc.status, body)
         except OAuthError as exc:
             headers = {"WWW-Authenticate": 'Basic realm="egi"'} if exc.status == 401 else None
             return self._send(exc.status, {"error": exc.error, "error_description": exc.description}, headers)
@@ -340,7 +493,7 @@ class Handler(BaseHTTPRequestHandler):
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "scopes_supported": DEFAULT_SCOPE.split() + ["email"],
-            "claims_supported": ["sub", "iss", "name", "email", "preferred_username", "eduperson_entitlement"],
+            "claims_supported": ["sub", "iss", "name", "email", "preferred_username", *ENTITLEMENT_CLAIMS],
         }
 
     def token(self, form: dict[str, str]) -> dict[str, Any]:
@@ -447,7 +600,7 @@ class Handler(BaseHTTPRequestHandler):
             "email": profile.get("email"),
             "preferred_username": user,
             "voperson_id": profile["sub"],
-            "eduperson_entitlement": profile.get("eduperson_entitlement", []),
+            **self.state.groups(profile),
         })
 
     def introspect(self, form: dict[str, str]) -> dict[str, Any]:
@@ -472,7 +625,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.state.revoked_jti.add(claims["jti"])
 
     def control(self, action: str, form: dict[str, Any]) -> dict[str, Any]:
-        """Test controls: `login`, `config`, `fault`, `reset`, `user`."""
+        """Test controls: `login`, `mytoken`, `config`, `fault`, `reset`, `user`."""
         state = self.state
         with state.lock:
             if action == "login":
@@ -484,13 +637,22 @@ class Handler(BaseHTTPRequestHandler):
                     body["access_token"], body["expires_in"] = state.access_token(
                         user, client_id, body["scope"], int(form["access_token_lifetime"]))
                 return body
+            if action == "mytoken":
+                user = form.get("user", "alice")
+                if user not in state.users:
+                    raise OAuthError(400, "invalid_request", "unknown user")
+                return state.mytoken(user, list(form.get("capabilities") or ["AT"]), form.get("rotation"),
+                                     int(form.get("expires_in", 30 * 24 * 3600)))
             if action == "config":
                 for name in ("access_token_lifetime", "refresh_token_lifetime"):
                     if name in form:
                         setattr(state, name, int(form[name]))
                 if "browser_user" in form:
                     state.browser_user = form["browser_user"]
-                return {"access_token_lifetime": state.access_token_lifetime}
+                if "entitlement_claims" in form:
+                    state.entitlement_claims = tuple(form["entitlement_claims"])
+                return {"access_token_lifetime": state.access_token_lifetime,
+                        "entitlement_claims": list(state.entitlement_claims)}
             if action == "fault":
                 endpoint = form["endpoint"]
                 state.faults[endpoint] = Fault(int(form.get("status", 503)), float(form.get("delay", 0)), int(form.get("count", 1)))
@@ -500,6 +662,7 @@ class Handler(BaseHTTPRequestHandler):
                 state.faults.clear()
                 state.access_token_lifetime = state.default_access_token_lifetime
                 state.browser_user = "alice"
+                state.entitlement_claims = ENTITLEMENT_CLAIMS
                 return {"ok": True}
             if action == "user":
                 state.users[form["name"]] = form["profile"]

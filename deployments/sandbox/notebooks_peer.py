@@ -1,52 +1,61 @@
-"""A local EGI Notebooks API: a real JupyterHub 6 behind a front like EGI's `/services/jwt`.
+"""A local EGI Notebooks API: a real JupyterHub 6 behind a front that behaves as EGI's.
 
 notebooks.egi.eu lets API clients call the hub's REST API with their Check-in
-access token at `/services/jwt/<hub api path>`. This peer runs the same pair on
-127.0.0.1, so clients are tested against a real hub rather than a mock:
+access token at `/services/jwt/<hub api path>`. Two parts do it there, and this
+peer runs both on 127.0.0.1, so clients are tested against a real hub:
 
-- the hub: JupyterHub as a child process (sqlite in a temp dir, config generated
-  at start-up, which calls `configure_hub` below) with an in-memory proxy (no
-  configurable-http-proxy needed), the shared-password authenticator for its
-  own login page (API users are created through the admin API), named servers,
-  and a fake spawner whose "single-user server" is a tiny HTTP responder inside
-  the hub that comes up after `--spawn-seconds`. Start and
-  stop therefore go through the hub's real spawn machinery (pending → ready →
-  stopped). `--slow-spawn-timeout` (default 0) is how long the hub's start request
-  waits for the spawn: 0 means it answers at once (hub 202, server pending), as
-  the real service does for its slow Kubernetes spawns;
-- the front, like EGI's: `GET /services/jwt/` → `{"version": <hub version>}` with
-  no token; every other path needs `Authorization: Bearer <Check-in JWT>`, which
-  must be signed by the issuer (JWKS via discovery), unexpired, and active at
-  Check-in's introspection endpoint (as client `--client-id`); otherwise HTTP 401
-  with an HTML body. The user (`preferred_username`) is created in the hub if
-  missing, a hub API token living as long as the JWT (exp - now) is minted through
-  the admin API (cached per user and JWT), and method, path, query and body are
-  forwarded to `{hub}/hub/api/<path>` with `Authorization: token <hub token>`;
-- EGI's quirk, kept: the answer is HTTP 200 with the hub's JSON body whatever the
-  hub's status, so a hub 403 arrives as `200 {"status": 403, "message": ...}`.
+- the hub: JupyterHub as a child process (sqlite in a temp dir, config generated at
+  start-up, which calls `configure_hub` below) with an in-memory proxy (no
+  configurable-http-proxy needed), named servers, and a fake spawner whose
+  "single-user server" is a tiny HTTP responder inside the hub that comes up after
+  `--spawn-seconds` (and stops after `stop_seconds`, 0 by default). Start and stop go
+  through the hub's real spawn machinery (pending → ready → stopped); a start with
+  `user_options` `{"image": "unknown/…"}` fails after the spawn time, as a Kubernetes
+  spawn of an image that cannot be pulled does. `--slow-spawn-timeout` (default 0) is
+  how long the hub's start request waits for the spawn: 0 means it answers at once (hub
+  202, server pending), as the real service does for its slow Kubernetes spawns;
+  `--slow-stop-timeout` (JupyterHub's default, 10 s) the same for a stop.
+  The hub logs Check-in users in as EGI's `EGICheckinAuthenticator` does
+  (EGI-Federation/egi-notebooks-hub `egiauthenticator.py`): its `GET /hub/jwt_login`
+  takes the bearer JWT, decodes it without a signature check but with its expiry
+  (401, the hub's HTML error page, when it fails), reuses the hub token it made for the
+  same JWT, otherwise introspects the JWT at Check-in (as the confidential client
+  `--client-id`), admits the user only with one of the `--allowed-group` entitlements
+  (from the introspection's `entitlements` / `eduperson_entitlement`; 403 otherwise),
+  logs the user in (username = `preferred_username`, hub groups = the entitlements:
+  `manage_groups`) and answers `{"token": <hub API token living exp - iat>, "user"}`.
+  `--template-path` gives the hub error pages of its own (EGI's `templates/401.html`);
+- the front, as EGI's `services/api_wrapper.py` (a FastAPI service) behaves: for every
+  call with `Authorization: Bearer <JWT>` it first asks `jwt_login` with that header;
+  a 403 there (a user the hub does not admit) is ignored and the call goes on WITHOUT
+  credentials; any other failure answers that status with FastAPI's
+  `{"detail": <the hub's body>}`. The call is forwarded to `{hub}/hub/api/<path>` with
+  every request header but `Authorization` (replaced by `token <hub token>`) — and
+  without the query string, which the front drops. Whatever the hub's status, the
+  answer is HTTP 200 with the hub's JSON re-encoded (compact) — a hub 403 arrives as
+  `200 {"status":403,"message":…}` — or, when the hub's body is not JSON (the empty
+  body of a 201/202/204, an event stream), that body as a JSON string (`""`).
+  A request the front cannot complete (the hub unreachable or slower than
+  `--api-timeout`, `--login-timeout` for jwt_login; a GET or DELETE with a body, which
+  httpx's `get`/`delete` do not take — so `DELETE …/servers/<name>` with `{"remove": true}`
+  cannot pass) is FastAPI's `500 Internal Server Error` in text/plain.
 
-Our assumptions, not verified against notebooks.egi.eu: when the hub answers with
-an empty body (201/202/204 of server start and stop) the front answers HTTP 200
-with the body `null`; when Check-in cannot be asked (network error, 5xx) the
-front answers 502. EGI's hub mints its token for exp - iat and swaps the JWT for
-a Check-in refresh token; ours lives exp - now and skips the exchange.
-
-For tests: `GET /_peer/stats` (requests per "METHOD path", `introspections`,
-`hub_tokens_minted`, `unauthorized`), `POST /_peer/config` with JSON
-`{"spawn_seconds": S}` (server starts from now on take S seconds; the hub's spawn
-timeout is 600 s), `POST /_peer/reset` (counters, the hub token cache, and
-`--spawn-seconds` again).
+For tests: `GET /_peer/stats` (requests per "METHOD path", `jwt_logins`, `unauthorized`
+(jwt_login 401s), `not_admitted` (jwt_login 403s), `hub_tokens_minted` (distinct hub
+tokens jwt_login handed out)), `POST /_peer/config` with JSON `{"spawn_seconds": S,
+"stop_seconds": S}` (either; from now on), `POST /_peer/reset` (counters, and the
+peer's `--spawn-seconds`, stops at once).
 
 Run: `python notebooks_peer.py --issuer <Check-in issuer>` prints one JSON line
-(`url`, `api_url`, `hub_api`, `hub_version`, `admin`) once the hub answers, and
-serves until SIGTERM, which stops the hub and removes the temp dir.
+(`url`, `api_url`, `hub_api`, `hub_url`, `hub_version`, `admin`) once the hub answers,
+and serves until SIGTERM, which stops the hub and removes the temp dir.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
-import secrets
 import shutil
 import signal
 import socket
@@ -60,37 +69,64 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import GuestProtocol, KeySet
 
 PREFIX = "/services/jwt"
-SERVICE = "jwt"  # the front is this hub service, as on notebooks.egi.eu
-FRONT_SCOPES = ["list:users", "read:users", "admin:users", "tokens", "servers"]
-SPAWN_SECONDS_FILE = "spawn_seconds"  # in the work dir: the front writes it, the hub's spawner reads it
-UNAUTHORIZED_PAGE = b"<html><title>401: Unauthorized</title><body>401: Unauthorized</body></html>"
+SETTINGS_FILE = "peer_settings.json"  # in the work dir: the front writes it, the hub's spawner reads it
+#: The entitlement EGI Notebooks admits by default: membership of its VO.
+NOTEBOOKS_VO_MEMBER = "urn:mace:egi.eu:group:vo.notebooks.egi.eu:role=member#aai.egi.eu"
+#: Claims the hub reads a user's groups from (Check-in releases both, see checkin_peer).
+ENTITLEMENT_CLAIMS = ("entitlements", "eduperson_entitlement")
+#: An image the fake spawner cannot pull: `user_options={"image": "unknown/…"}` fails the spawn.
+MISSING_IMAGE_PREFIX = "unknown/"
+#: Methods whose httpx.AsyncClient shortcut takes no request body: api_wrapper fails (500) when one has a body.
+METHODS_WITHOUT_CONTENT = frozenset({"GET", "DELETE", "HEAD", "OPTIONS"})
+#: The 403 reason of jwt_login (EGI's `custom_403_message`; the front drops it).
+NOT_ADMITTED = "Your Check-in account is not a member of a virtual organisation this hub admits."
+
+
+def unverified_claims(token: str) -> dict[str, Any] | None:
+    """The claims of a JWT that has not expired, its signature NOT checked — what EGI's
+    `JWTHandler` gets from PyJWT's `decode(verify_signature=False)` (expiry still checked);
+    None for anything else. Check-in's introspection is what tells a real token."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        header, claims = (json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))) for part in parts[:2])
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        return None
+    expiry = claims.get("exp")
+    if expiry is not None and (not isinstance(expiry, (int, float)) or expiry <= time.time()):
+        return None
+    return claims
 
 
 # -- the hub: runs inside the JupyterHub process, called by the generated config --------
-def configure_hub(c: Any, *, workdir: str, hub_port: int, public_port: int, service_token: str, admin: str,
-                  spawn_seconds: float, slow_spawn_timeout: float) -> None:
+def configure_hub(c: Any, *, workdir: str, hub_port: int, public_port: int, admin: str, spawn_seconds: float,
+                  slow_spawn_timeout: float, slow_stop_timeout: float, issuer: str, client_id: str, client_secret: str,
+                  allowed_groups: list[str], template_path: str | None) -> None:
     """Fill JupyterHub's config `c`. The classes are defined here, not at module level,
     so that the front's process never imports JupyterHub (it would only cost memory)."""
     import asyncio
 
-    from jupyterhub import __version__
+    from jupyterhub import __version__, orm
+    from jupyterhub.auth import Authenticator
+    from jupyterhub.handlers import BaseHandler
     from jupyterhub.proxy import Proxy
     from jupyterhub.spawner import Spawner
+    from tornado import web
 
-    def configured_spawn_seconds() -> float:
-        """`--spawn-seconds`, unless a test set another duration through the front's `/_peer/config`."""
+    def setting(name: str, default: float) -> float:
+        """A duration a test set through the front's `/_peer/config`, else the peer's default."""
         try:
-            return float((Path(workdir) / SPAWN_SECONDS_FILE).read_text())
-        except (OSError, ValueError):
-            return spawn_seconds
+            return float(json.loads((Path(workdir) / SETTINGS_FILE).read_text())[name])
+        except (OSError, ValueError, KeyError, TypeError):
+            return default
 
     class MemoryProxy(Proxy):
         """Keeps the route table in a dict: clients call the hub's own port, nothing is proxied."""
@@ -112,12 +148,15 @@ def configure_hub(c: Any, *, workdir: str, hub_port: int, public_port: int, serv
 
     class FakeSpawner(Spawner):
         """A 'single-user server' that is an asyncio HTTP responder in the hub's own loop:
-        it answers after `spawn_seconds`, which is all the hub checks before marking it ready."""
+        it answers after the spawn time, which is all the hub checks before marking it ready."""
 
         http_server: asyncio.Server | None = None
 
         async def start(self) -> str:
-            await asyncio.sleep(configured_spawn_seconds())
+            await asyncio.sleep(setting("spawn_seconds", spawn_seconds))
+            image = str((self.user_options or {}).get("image") or "")
+            if image.startswith(MISSING_IMAGE_PREFIX):
+                raise RuntimeError(f'Back-off pulling image "{image}": not found in the registry')
             self.http_server = await asyncio.start_server(self.answer, "127.0.0.1", 0)
             return f"http://127.0.0.1:{self.http_server.sockets[0].getsockname()[1]}"
 
@@ -138,9 +177,70 @@ def configure_hub(c: Any, *, workdir: str, hub_port: int, public_port: int, serv
             return None if self.http_server is not None else 0
 
         async def stop(self, now: bool = False) -> None:
+            await asyncio.sleep(setting("stop_seconds", 0.0))
             if self.http_server is not None:
                 self.http_server.close()
                 self.http_server = None
+
+    class CheckinJWTAuthenticator(Authenticator):
+        """What EGI's `EGICheckinAuthenticator` does for a Check-in JWT: introspect it,
+        admit the user by entitlement, take the username and groups from Check-in."""
+
+        introspection_endpoint = ""
+
+        async def introspect(self, token: str) -> dict[str, Any]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                if not self.introspection_endpoint:
+                    meta = (await client.get(f"{issuer}/.well-known/openid-configuration")).raise_for_status().json()
+                    self.introspection_endpoint = meta["introspection_endpoint"]
+                answer = await client.post(self.introspection_endpoint, data={"token": token},
+                                           auth=(client_id, client_secret), headers={"Accept": "application/json"})
+            return answer.raise_for_status().json()
+
+        async def authenticate(self, handler: Any, data: dict[str, Any] | None) -> dict[str, Any] | None:
+            token = (data or {}).get("access_token")
+            if not token:
+                return None  # the hub's own login form: API users come through jwt_login only
+            info = await self.introspect(str(token))
+            username = info.get("preferred_username")
+            if not info.get("active") or not username:
+                return None
+            groups: list[str] = []
+            for claim in ENTITLEMENT_CLAIMS:
+                value = info.get(claim) or []
+                groups += [g for g in (value if isinstance(value, list) else [value]) if g not in groups]
+            if allowed_groups and not set(groups) & set(allowed_groups):
+                return None
+            return {"name": str(username), "groups": groups}
+
+    class JWTLoginHandler(BaseHandler):
+        """`GET /hub/jwt_login`: a hub API token for a Check-in JWT (see the module docstring)."""
+
+        minted: dict[str, str] = {}  # JWT -> the hub token made for it (EGI keeps it in the auth state)
+
+        async def get(self) -> None:
+            token = self.get_auth_token()
+            if not token:
+                raise web.HTTPError(401)
+            claims = unverified_claims(token)
+            if claims is None:
+                raise web.HTTPError(401)
+            previous = self.minted.get(token)
+            found = orm.APIToken.find(self.db, previous) if previous else None
+            if previous and found is not None and (found.expires_in is None or found.expires_in > 0):
+                self.finish({"token": previous, "user": found.user.name})
+                return
+            user = await self.login_user({"access_token": token, "token_type": "bearer"})
+            if user is None:
+                raise web.HTTPError(403, NOT_ADMITTED)
+            expires_in = int(claims["exp"] - claims["iat"]) if "exp" in claims and "iat" in claims else 3600
+            api_token = user.new_api_token(note="JWT auth token", expires_in=max(1, expires_in))
+            self.minted[token] = api_token
+            self.finish({"token": api_token, "user": user.name})
+
+    class EGINotebooksAuthenticator(CheckinJWTAuthenticator):
+        def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
+            return [*super().get_handlers(app), (r"/jwt_login", JWTLoginHandler)]
 
     c.JupyterHub.ip = c.JupyterHub.hub_ip = "127.0.0.1"
     c.JupyterHub.port, c.JupyterHub.hub_port = public_port, hub_port
@@ -149,132 +249,72 @@ def configure_hub(c: Any, *, workdir: str, hub_port: int, public_port: int, serv
     c.JupyterHub.proxy_class = MemoryProxy
     c.JupyterHub.spawner_class = FakeSpawner
     c.Spawner.start_timeout = 600  # a test may slow the spawn beyond JupyterHub's default 60 s
-    # the hub's own login page works with one shared password (the notes' recipe); API users come
-    # through the front, which creates them with the admin API
-    c.JupyterHub.authenticator_class = "shared-password"
-    c.SharedPasswordAuthenticator.user_password = secrets.token_urlsafe(16)
+    c.JupyterHub.authenticator_class = EGINotebooksAuthenticator
     c.Authenticator.admin_users = {admin}
-    c.Authenticator.allow_all = True
+    c.Authenticator.allow_all = True  # admission is the entitlement check above, as on notebooks.egi.eu
+    c.Authenticator.manage_groups = True
     c.JupyterHub.allow_named_servers = True
-    c.JupyterHub.tornado_settings = {"slow_spawn_timeout": slow_spawn_timeout}
-    c.JupyterHub.services = [{"name": SERVICE, "api_token": service_token}]
-    c.JupyterHub.load_roles = [{"name": "jwt-front", "scopes": FRONT_SCOPES, "services": [SERVICE]}]
+    c.JupyterHub.tornado_settings = {"slow_spawn_timeout": slow_spawn_timeout, "slow_stop_timeout": slow_stop_timeout}
+    if template_path:
+        c.JupyterHub.template_paths = [template_path]
 
 
 # -- the front ---------------------------------------------------------------------------
-class Unauthorized(Exception):
-    """The bearer token is missing, malformed, expired, badly signed or inactive."""
-
-
-class UpstreamError(Exception):
-    """Check-in or the hub could not be asked."""
-
-
 @dataclass
 class FrontState:
-    issuer: str
-    client_id: str
-    client_secret: str
     hub_api: str
-    service_token: str
     hub_version: str
-    workdir: Path | None = None  # shared with the hub: where `/_peer/config` leaves the spawn duration
-    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
+    login_timeout: float = 5.0  # EGI's front asks jwt_login with httpx's default timeout
+    api_timeout: float = 15.0  # its `api_timeout` setting
+    workdir: Path | None = None  # shared with the hub: where `/_peer/config` leaves the durations
     counters: Counter[str] = field(default_factory=Counter)
-    keys: KeySet | None = None
-    introspection_endpoint: str = ""
-    hub_tokens: dict[str, tuple[str, float]] = field(default_factory=dict)  # JWT -> (hub token, expiry)
-    known_users: set[str] = field(default_factory=set)
+    hub_tokens: set[str] = field(default_factory=set)  # distinct tokens jwt_login handed out, since reset
     lock: threading.Lock = field(default_factory=threading.Lock)
-    mint_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def jwt_login_url(self) -> str:
+        return self.hub_api.removesuffix("/api") + "/jwt_login"
 
     def count(self, name: str) -> None:
         with self.lock:
             self.counters[name] += 1
 
-    # -- Check-in ---------------------------------------------------------------------------
-    def discover(self, refresh: bool = False) -> KeySet:
-        """The issuer's keys (and introspection endpoint); fetched again when a token names an unknown kid."""
-        if self.keys is None or refresh:
-            try:
-                meta = self.http.get(f"{self.issuer}/.well-known/openid-configuration").raise_for_status().json()
-                jwks = self.http.get(meta["jwks_uri"]).raise_for_status().json()
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
-                raise UpstreamError(f"Check-in discovery failed: {exc}") from None
-            self.introspection_endpoint = meta.get(
-                "introspection_endpoint", f"{self.issuer}/protocol/openid-connect/token/introspect")
-            self.keys = KeySet.import_key_set(jwks)
-        return self.keys
-
-    def key_for(self, guest: GuestProtocol) -> Any:
-        kid = guest.headers().get("kid")
-        keys = self.discover()
-        if kid is not None and all(key.kid != kid for key in keys.keys):
-            keys = self.discover(refresh=True)
-        return keys.get_by_kid(kid)
-
-    def authenticate(self, token: str | None) -> tuple[str, dict[str, Any]]:
-        """(username, claims) of a valid, active Check-in JWT; Unauthorized otherwise."""
-        if not token:
-            raise Unauthorized("no bearer token")
-        try:
-            claims = jwt.decode(token, self.key_for, algorithms=["RS256"]).claims
-            jwt.JWTClaimsRegistry(iss={"essential": True, "value": self.issuer}, exp={"essential": True},
-                                  preferred_username={"essential": True}).validate(claims)
-        except (JoseError, ValueError, TypeError, KeyError) as exc:
-            raise Unauthorized(str(exc)) from None
-        self.count("introspections")
-        try:
-            answer = self.http.post(self.introspection_endpoint, data={"token": token},
-                                    auth=(self.client_id, self.client_secret))
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"Check-in introspection failed: {exc}") from None
-        if answer.status_code != 200:
-            raise UpstreamError(f"Check-in introspection answered {answer.status_code}")
-        if not answer.json().get("active"):
-            raise Unauthorized("token is not active")
-        return str(claims["preferred_username"]), claims
-
-    # -- hub --------------------------------------------------------------------------------
-    def hub(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
-        headers = {"Authorization": f"token {token or self.service_token}", **kwargs.pop("headers", {})}
-        try:
-            return self.http.request(method, self.hub_api + path, headers=headers, **kwargs)
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"hub unreachable: {exc}") from None
-
-    def hub_token(self, user: str, jwt_token: str, exp: float) -> str:
-        """The hub token standing for this JWT: the user is created and a token minted on first use."""
+    def login(self, authorization: str) -> str | None:
+        """The hub token `jwt_login` gives for this Authorization header; None when the hub
+        refuses the user (403: the call goes on without credentials). Other refusals raise."""
+        self.count("jwt_logins")
+        answer = httpx.get(self.jwt_login_url, headers={"authorization": authorization}, timeout=self.login_timeout)
+        if answer.status_code == 403:
+            self.count("not_admitted")
+            return None
+        if answer.status_code == 401:
+            self.count("unauthorized")
+        if not answer.is_success:
+            raise FrontHTTPException(answer.status_code, answer.text)
+        token = str(answer.json()["token"])
         with self.lock:
-            cached = self.hub_tokens.get(jwt_token)
-        if cached and cached[1] > time.time():
-            return cached[0]
-        with self.mint_lock:  # one mint per JWT even when its first requests come together
-            with self.lock:
-                cached = self.hub_tokens.get(jwt_token)
-                if cached and cached[1] > time.time():
-                    return cached[0]
-            if user not in self.known_users:
-                created = self.hub("POST", f"/users/{quote(user, safe='')}")
-                if created.status_code not in (201, 409):
-                    raise UpstreamError(f"hub refused to create {user}: {created.status_code} {created.text}")
-                self.known_users.add(user)
-            lifetime = max(1, int(exp - time.time()))
-            minted = self.hub("POST", f"/users/{quote(user, safe='')}/tokens",
-                              json={"expires_in": lifetime, "note": "Check-in JWT via /services/jwt"})
-            if minted.status_code != 201:
-                raise UpstreamError(f"hub refused a token for {user}: {minted.status_code} {minted.text}")
-            self.count("hub_tokens_minted")
-            token, now = str(minted.json()["token"]), time.time()
-            with self.lock:
-                self.hub_tokens = {k: v for k, v in self.hub_tokens.items() if v[1] > now}
-                self.hub_tokens[jwt_token] = (token, now + lifetime)
-            return token
+            if token not in self.hub_tokens:
+                self.hub_tokens.add(token)
+                self.counters["hub_tokens_minted"] += 1
+        return token
+
+
+class FrontHTTPException(Exception):
+    """FastAPI's HTTPException: answered as `{"detail": …}` with its status."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def compact_json(value: Any) -> bytes:
+    """How FastAPI's JSONResponse renders a value."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server_version = "notebooks-peer/1"
+    server_version = "uvicorn"
     state: FrontState  # set on the subclass made by `make_front`
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read counters
@@ -286,9 +326,6 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
-    def _json(self, status: int, body: Any) -> None:
-        self._send(status, json.dumps(body).encode())
 
     def do_GET(self) -> None:
         self.route("GET")
@@ -313,53 +350,65 @@ class Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/_peer/"):
             return self.control(method, url.path[len("/_peer/"):], body)
         if url.path != PREFIX and not url.path.startswith(PREFIX + "/"):
-            return self._json(404, {"status": 404, "message": "Not Found"})
+            return self._send(404, compact_json({"detail": "Not Found"}))
         state.count(f"{method} {url.path}")
-        rest = url.path[len(PREFIX):]
-        if rest in ("", "/") and method == "GET":
-            return self._json(200, {"version": state.hub_version})
-        header = self.headers.get("Authorization", "")
-        bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
         try:
-            user, claims = state.authenticate(bearer)
-            token = state.hub_token(user, str(bearer), float(claims["exp"]))
-            headers = {"Content-Type": self.headers["Content-Type"]} if self.headers.get("Content-Type") else {}
-            answer = state.hub(method, rest + (f"?{url.query}" if url.query else ""), token,
-                               content=body or None, headers=headers)
-        except Unauthorized:
-            state.count("unauthorized")
-            return self._send(401, UNAUTHORIZED_PAGE, "text/html; charset=UTF-8")
-        except UpstreamError as exc:
-            return self._json(502, {"status": 502, "message": str(exc)})
-        if not answer.content.strip():
-            return self._send(200, b"null")  # our assumption about the real front, see the docstring
+            self._send(200, compact_json(self.wrap(method, unquote(url.path), body)))
+        except FrontHTTPException as exc:
+            self._send(exc.status, compact_json({"detail": exc.detail}))
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):  # the front's unhandled errors: Starlette's 500
+            self._send(500, b"Internal Server Error", "text/plain; charset=utf-8")
+
+    def wrap(self, method: str, path: str, body: bytes) -> Any:
+        """What EGI's api_wrapper returns for this request (FastAPI then encodes it)."""
+        state = self.state
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        hub_token = None
+        authorization = headers.pop("authorization", None)
+        if authorization is not None:
+            parts = authorization.split()
+            if len(parts) == 2 and parts[0].lower() == "bearer":
+                hub_token = state.login(authorization)
+        if hub_token is not None:
+            headers["authorization"] = f"token {hub_token}"
+        target = state.hub_api + "/" + path.removeprefix(PREFIX).removeprefix("/")  # the query is dropped
+        if body and method in METHODS_WITHOUT_CONTENT:
+            # api_wrapper calls `client.get(url, content=…)`: httpx's get/delete take no content (TypeError)
+            raise TypeError(f"AsyncClient.{method.lower()}() got an unexpected keyword argument 'content'")
+        answer = httpx.request(method, target, headers=headers, content=body or None, timeout=state.api_timeout)
         try:
-            json.loads(answer.content)
+            return answer.json()
         except ValueError:
-            return self._json(502, {"status": 502, "message": f"hub answered {answer.status_code} without JSON"})
-        self._send(200, answer.content)  # the hub's status code is dropped, as EGI's front does
+            return answer.content.decode()  # FastAPI encodes bytes as a JSON string
 
     def control(self, method: str, action: str, body: bytes = b"") -> None:
         state = self.state
         if method == "GET" and action == "stats":
             with state.lock:
-                return self._json(200, dict(state.counters))
+                return self._send(200, compact_json(dict(state.counters)))
         if method == "POST" and action == "reset":
             with state.lock:
                 state.counters.clear()
                 state.hub_tokens.clear()
             if state.workdir is not None:
-                (state.workdir / SPAWN_SECONDS_FILE).unlink(missing_ok=True)
-            return self._json(200, {"ok": True})
+                (state.workdir / SETTINGS_FILE).unlink(missing_ok=True)
+            return self._send(200, compact_json({"ok": True}))
         if method == "POST" and action == "config" and state.workdir is not None:
             try:
-                settings = json.loads(body or b"{}")
-                spawn_seconds = float(settings["spawn_seconds"])
-            except (ValueError, TypeError, KeyError):
-                return self._json(400, {"status": 400, "message": 'expected JSON {"spawn_seconds": <seconds>}'})
-            (state.workdir / SPAWN_SECONDS_FILE).write_text(repr(spawn_seconds))
-            return self._json(200, {"spawn_seconds": spawn_seconds})
-        self._json(404, {"status": 404, "message": f"no control {method} {action}"})
+                wanted = json.loads(body or b"{}")
+                settings = {name: float(wanted[name]) for name in ("spawn_seconds", "stop_seconds") if name in wanted}
+                if not settings:
+                    raise KeyError("spawn_seconds")
+            except (ValueError, TypeError, KeyError, AttributeError):
+                return self._send(400, compact_json({"detail": 'expected JSON {"spawn_seconds": S, "stop_seconds": S}'}))
+            path = state.workdir / SETTINGS_FILE
+            try:
+                current = json.loads(path.read_text())
+            except (OSError, ValueError):
+                current = {}
+            path.write_text(json.dumps({**current, **settings}))
+            return self._send(200, compact_json({**current, **settings}))
+        self._send(404, compact_json({"detail": f"no control {method} {action}"}))
 
 
 def make_front(state: FrontState, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
@@ -395,12 +444,19 @@ def wait_for_hub(hub: subprocess.Popen[bytes], hub_api: str, timeout: float) -> 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--issuer", required=True, help="Check-in issuer, e.g. http://127.0.0.1:P/auth/realms/egi")
-    parser.add_argument("--client-id", default="prefect-egi", help="confidential client for token introspection")
+    parser.add_argument("--client-id", default="prefect-egi", help="the hub's confidential client, for introspection")
     parser.add_argument("--client-secret", default="prefect-egi-client-secret")
     parser.add_argument("--admin", default="alice", help="the hub's admin user")
+    parser.add_argument("--allowed-group", action="append", dest="allowed_groups",
+                        help=f"an entitlement the hub admits (repeatable; default {NOTEBOOKS_VO_MEMBER})")
     parser.add_argument("--spawn-seconds", type=float, default=1.0, help="how long a server start takes")
     parser.add_argument("--slow-spawn-timeout", type=float, default=0.0,
                         help="seconds a start request waits for the spawn before the hub answers 202")
+    parser.add_argument("--slow-stop-timeout", type=float, default=10.0,
+                        help="seconds a stop request waits for the stop before the hub answers 202")
+    parser.add_argument("--template-path", help="a folder of hub error pages (e.g. EGI's 401.html)")
+    parser.add_argument("--login-timeout", type=float, default=5.0, help="the front's timeout for jwt_login")
+    parser.add_argument("--api-timeout", type=float, default=15.0, help="the front's timeout for the hub's API")
     parser.add_argument("--port", type=int, default=0, help="the front's port; 0 = a free port")
     parser.add_argument("--startup-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
@@ -409,10 +465,12 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="notebooks-peer-"))
     hub_port = free_port()
     hub_api = f"http://127.0.0.1:{hub_port}/hub/api"
-    service_token = secrets.token_hex(32)
-    settings = {"workdir": str(workdir), "hub_port": hub_port, "public_port": free_port(),
-                "service_token": service_token, "admin": args.admin, "spawn_seconds": args.spawn_seconds,
-                "slow_spawn_timeout": args.slow_spawn_timeout}
+    settings = {"workdir": str(workdir), "hub_port": hub_port, "public_port": free_port(), "admin": args.admin,
+                "spawn_seconds": args.spawn_seconds, "slow_spawn_timeout": args.slow_spawn_timeout,
+                "slow_stop_timeout": args.slow_stop_timeout, "issuer": args.issuer.rstrip("/"),
+                "client_id": args.client_id, "client_secret": args.client_secret,
+                "allowed_groups": args.allowed_groups or [NOTEBOOKS_VO_MEMBER],
+                "template_path": str(Path(args.template_path).resolve()) if args.template_path else None}
     config = workdir / "jupyterhub_config.py"
     config.write_text(f"import json\n"
                       f"from prefect_egi.sandbox.notebooks_peer import configure_hub\n"
@@ -429,11 +487,11 @@ def main(argv: list[str] | None = None) -> None:
         except RuntimeError as exc:
             print(f"notebooks peer: {exc}\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
             raise SystemExit(1) from None
-        state = FrontState(args.issuer.rstrip("/"), args.client_id, args.client_secret, hub_api, service_token, version,
-                           workdir)
+        state = FrontState(hub_api, version, args.login_timeout, args.api_timeout, workdir)
         server = make_front(state, "127.0.0.1", args.port)
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        print(json.dumps({"url": base, "api_url": base + PREFIX, "hub_api": hub_api, "hub_version": version,
+        print(json.dumps({"url": base, "api_url": base + PREFIX, "hub_api": hub_api,
+                          "hub_url": hub_api.removesuffix("/api"), "hub_version": version,
                           "admin": args.admin}), flush=True)
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ the tasks that hand its token to a flow are in `prefect_egi.tasks.checkin.tasks`
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
@@ -19,6 +20,7 @@ from prefect_egi.tasks.checkin.sources import (
     NOTEBOOK_TOKEN_FILES,
     EnvironmentToken,
     ExplicitToken,
+    MytokenSource,
     OidcAgentSource,
     RefreshTokenSource,
     TokenFile,
@@ -28,16 +30,19 @@ from prefect_egi.tasks.checkin.tokens import AccessToken
 from prefect_egi.tasks.http import require_https, tls_verify
 from prefect_egi.tasks.redaction import register_all
 
+logger = logging.getLogger("prefect_egi.checkin")
+
 
 class _ProviderSlot:
     """Holds a block's live token provider. Copies and pickles of the block get an
     empty slot: a provider holds locks and cached tokens, and a token must never
     travel into a pickle (Prefect persists results and hashes task inputs)."""
 
-    __slots__ = ("provider",)
+    __slots__ = ("provider", "warned_unsaved_rotation")
 
     def __init__(self) -> None:
         self.provider: TokenProvider | None = None
+        self.warned_unsaved_rotation = False
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "_ProviderSlot":
         return _ProviderSlot()
@@ -51,14 +56,18 @@ class CheckinCredentials(EgiBlock):
 
     Sources are tried in this order, each can be switched off: the explicit
     `access_token`; the environment (`OIDC_ACCESS_TOKEN`, `FEDCLOUD_OIDC_ACCESS_TOKEN`);
-    the EGI Notebooks token files; the `refresh_token` redeemed at the issuer;
+    the EGI Notebooks token files; the `refresh_token` redeemed at the issuer; a
+    `mytoken` (or `MYTOKEN` / `FEDCLOUD_MYTOKEN`) redeemed at its mytoken server;
     oidc-agent. A token is reused until `margin_seconds` before it expires; every
     token and secret is masked in all logs.
 
     Args:
         issuer: the OIDC issuer (EGI Check-in by default); endpoints come from its discovery.
-        access_token / use_environment / token_files / refresh_token / oidc_agent_account:
+        access_token / use_environment / token_files / refresh_token / mytoken / oidc_agent_account:
             the sources (see above); client_id / client_secret: the OAuth client.
+        mytoken_server: where the mytoken is redeemed (default: the server it names, else
+            https://mytoken.data.kit.edu). A rotating mytoken's successor is saved on this block
+            when it was loaded by name (the old one is revoked by the server).
         keep_alive: exchange a short-lived token once for a refresh token (RFC 8693).
         verify_signature: check tokens against the issuer's JWKS.
         verify_tls / ca_bundle / timeout_seconds: how the issuer is reached.
@@ -89,6 +98,11 @@ class CheckinCredentials(EgiBlock):
     client_secret: SecretStr | None = Field(default=None, description="OAuth client secret (none for public clients).")
     refresh_token: SecretStr | None = Field(default=None, description="A Check-in refresh token (tried after the files).")
     scope: str = Field(default=DEFAULT_SCOPE, description="Scope asked for when refreshing.")
+    mytoken: SecretStr | None = Field(
+        default=None, description="A mytoken, redeemed at its mytoken server (tried after the refresh token).")
+    mytoken_server: str | None = Field(
+        default=None, description="The mytoken server; default: the one the mytoken names, else "
+                                  "https://mytoken.data.kit.edu.")
     oidc_agent_account: str | None = Field(default=None, description="oidc-agent account short name (tried last).")
     margin_seconds: float = Field(default=DEFAULT_MARGIN_SECONDS, ge=0, description="Refresh this long before expiry.")
     keep_alive: bool = Field(
@@ -107,9 +121,14 @@ class CheckinCredentials(EgiBlock):
     def _issuer_is_https(cls, value: str) -> str:
         return require_https(value, "issuer")
 
+    @field_validator("mytoken_server")
+    @classmethod
+    def _mytoken_server_is_https(cls, value: str | None) -> str | None:
+        return require_https(value, "mytoken_server") if value else None
+
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
-        register_all([self.access_token, self.client_secret, self.refresh_token])
+        register_all([self.access_token, self.client_secret, self.refresh_token, self.mytoken])
 
     # -- building the provider ---------------------------------------------------------
     def oidc_client(self) -> OidcClient:
@@ -129,8 +148,27 @@ class CheckinCredentials(EgiBlock):
         if self.token_files:
             sources.append(TokenFile(self.token_files))
         sources.append(RefreshTokenSource(oidc, self.refresh_token))
+        sources.append(MytokenSource(
+            self.mytoken, server=self.mytoken_server, oidc_issuer=self.issuer, read_environment=self.use_environment,
+            verify=tls_verify(self.verify_tls, self.ca_bundle, what="the mytoken server"),
+            timeout=self.timeout_seconds, on_rotation=self._keep_rotated_mytoken))
         sources.append(OidcAgentSource(self.oidc_agent_account))
         return sources
+
+    def _keep_rotated_mytoken(self, rotated: SecretStr) -> None:
+        """The mytoken server replaced this block's mytoken (rotation) and revoked the old one:
+        hold the new one, and save it when the block was loaded by name, so that the next
+        run does not present a revoked mytoken (with auto-revoke, that kills the new one too)."""
+        self.mytoken = rotated
+        name = self._block_document_name
+        if not name:
+            if not self._slot.warned_unsaved_rotation:  # once per block object: rotation happens at every token
+                self._slot.warned_unsaved_rotation = True
+                logger.warning("The mytoken rotated: the new one is held by this CheckinCredentials object only "
+                               "(it was not loaded by name, so it cannot be saved). Save the block to keep it.")
+            return
+        self.save(name, overwrite=True)
+        logger.info("The mytoken rotated: saved its successor on the block %r.", name)
 
     @property
     def provider(self) -> TokenProvider:

@@ -36,8 +36,9 @@ class NoTokenError(CheckinError):
 
     GENERAL_FIX = (
         "Fix one of: enable the EGI Notebooks token mount "
-        "(/var/run/secrets/egi.eu/access_token), export OIDC_ACCESS_TOKEN, "
-        "or configure a refresh token (with its client id) on the CheckinCredentials block."
+        "(/var/run/secrets/egi.eu/access_token), export OIDC_ACCESS_TOKEN, export MYTOKEN (a mytoken "
+        "made at https://mytoken.data.kit.edu), or configure a refresh token (with its client id) on the "
+        "CheckinCredentials block."
     )
 
     def __init__(self, attempts: list[SourceAttempt], transient: bool = False):

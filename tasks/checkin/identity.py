@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 from prefect_egi.tasks.checkin.errors import CheckinError
 from prefect_egi.tasks.checkin.oidc import OidcClient
-from prefect_egi.tasks.checkin.tokens import AccessToken, vos_from_entitlements
+from prefect_egi.tasks.checkin.tokens import AccessToken, entitlements_of, vos_from_entitlements
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def identify(token: AccessToken, oidc: OidcClient | None = None, ask_issuer: boo
         assert oidc is not None
         try:
             info = oidc.userinfo(token)
-            vos, origin = tuple(vos_from_entitlements(info.get("eduperson_entitlement") or [])), "userinfo"
+            vos, origin = tuple(vos_from_entitlements(entitlements_of(info))), "userinfo"
         except CheckinError as exc:
             note = f"userinfo failed ({exc}); VOs are those in the token itself"
     elif ask_issuer and oidc is not None and claims.issuer:

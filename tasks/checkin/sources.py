@@ -9,7 +9,9 @@ The provider tries them in this documented order (each can be switched off):
    then `/var/run/secrets/oidc/access_token`, re-read whenever the file changes
    because the notebook extension refreshes it in place;
 4. `RefreshTokenSource` — a refresh token redeemed at the issuer's token endpoint;
-5. `OidcAgentSource` — a running oidc-agent, through `liboidcagent`.
+5. `MytokenSource` — a mytoken (the block's, else `MYTOKEN` / `FEDCLOUD_MYTOKEN`)
+   redeemed at its mytoken server, keeping the mytoken that rotation hands back;
+6. `OidcAgentSource` — a running oidc-agent, through `liboidcagent`.
 
 A source either returns an `AccessToken` or raises `SourceUnavailable` with a
 reason and a fix; the provider collects those into one error for the user.
@@ -17,19 +19,32 @@ reason and a fix; the provider collects those into one error for the user.
 
 from __future__ import annotations
 
+import logging
 import os
+import ssl
 import stat
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import SecretStr
 
+from prefect_egi.tasks.checkin.errors import MalformedTokenError
+from prefect_egi.tasks.checkin.mytoken import (
+    DEFAULT_MYTOKEN_SERVER,
+    MYTOKEN_ENVIRONMENT,
+    MytokenClient,
+    mytoken_claims,
+)
 from prefect_egi.tasks.checkin.oidc import OidcClient, parse_token_response
 from prefect_egi.tasks.checkin.tokens import AccessToken, parse_token
+from prefect_egi.tasks.http import require_https
 from prefect_egi.tasks.redaction import register_secret
+
+logger = logging.getLogger("prefect_egi.checkin")
 
 ENVIRONMENT_VARIABLES = ("OIDC_ACCESS_TOKEN", "FEDCLOUD_OIDC_ACCESS_TOKEN")
 NOTEBOOK_TOKEN_FILES = ("/var/run/secrets/egi.eu/access_token", "/var/run/secrets/oidc/access_token")
@@ -195,6 +210,100 @@ class RefreshTokenSource(TokenSource):
         if response.refresh_token is not None:
             self._refresh_token = response.refresh_token
         return _registered(parse_token_response(response, f"refresh token grant at {self.client.issuer}"))
+
+
+class MytokenSource(TokenSource):
+    """A mytoken redeemed at its mytoken server for access tokens, as fedcloudclient does.
+
+    The mytoken is the block's, else the first of `MYTOKEN`, `FEDCLOUD_MYTOKEN` that is
+    set. It goes only to the server it belongs to: a mytoken JWT names that server (`iss`),
+    and a `server` configured otherwise is refused rather than sent it; a short (opaque)
+    mytoken goes to `server`, default `https://mytoken.data.kit.edu`. When the server
+    rotates the mytoken, the new one is used from then on (the old one is revoked):
+    `on_rotation` is told when it replaces the block's own, so the block can keep it."""
+
+    can_refresh = True
+
+    def __init__(self, mytoken: SecretStr | None, *, server: str | None = None, oidc_issuer: str | None = None,
+                 read_environment: bool = True, environ: Mapping[str, str] | None = None,
+                 verify: bool | ssl.SSLContext = True, timeout: float = 10.0,
+                 on_rotation: Callable[[SecretStr], None] | None = None):
+        self._mytoken = mytoken if mytoken is not None and mytoken.get_secret_value().strip() else None
+        self.server = server.rstrip("/") if server else None
+        self.oidc_issuer = oidc_issuer
+        self.variables = MYTOKEN_ENVIRONMENT if read_environment else ()
+        self._environ = environ
+        self._verify, self._timeout = verify, timeout
+        self._on_rotation = on_rotation
+        self._rotated: tuple[SecretStr, str] | None = None  # (the newest mytoken, where the first one came from)
+        self._clients: dict[str, MytokenClient] = {}
+        self.name = "mytoken" + (" (" + ", ".join(self.variables) + ")" if self._mytoken is None and self.variables else "")
+        register_secret(self._mytoken)
+
+    def _current(self) -> tuple[SecretStr, str]:
+        """(the mytoken to present, where it came from)."""
+        if self._rotated is not None:
+            return self._rotated
+        if self._mytoken is not None:
+            return self._mytoken, "the block's mytoken"
+        environ = os.environ if self._environ is None else self._environ
+        for variable in self.variables:
+            if variable in environ:
+                value = environ[variable].strip()
+                if not value:
+                    raise MalformedTokenError(f"environment variable {variable} is empty: expected a mytoken")
+                register_secret(value)
+                return SecretStr(value), f"environment variable {variable}"
+        raise SourceUnavailable(
+            "no mytoken configured",
+            "set mytoken on the block or export MYTOKEN=<your mytoken> (made at https://mytoken.data.kit.edu "
+            "with the 'AT' capability)" if self.variables else "set mytoken on the block",
+        )
+
+    def _server_for(self, mytoken: SecretStr, origin: str) -> str:
+        """The server this mytoken may be sent to; refuse a configured server it does not belong to."""
+        claims = mytoken_claims(mytoken) or {}
+        issued_by = str(claims.get("iss") or "").rstrip("/") or None
+        if self.server and issued_by and issued_by != self.server:
+            raise SourceUnavailable(
+                f"{origin} was issued by {issued_by}, not by the configured mytoken server {self.server}: "
+                "it is not sent to a server it does not belong to",
+                f"set mytoken_server to {issued_by} (or leave it empty)")
+        expires = claims.get("exp")
+        if isinstance(expires, (int, float)) and expires <= datetime.now(timezone.utc).timestamp():
+            when = datetime.fromtimestamp(expires, tz=timezone.utc).isoformat(timespec="seconds")
+            raise SourceUnavailable(f"{origin} expired at {when}", "create a new mytoken")
+        server = self.server or issued_by or DEFAULT_MYTOKEN_SERVER
+        try:
+            return require_https(server, "the mytoken server")
+        except ValueError as exc:
+            raise SourceUnavailable(f"{origin} names the server {server}: {exc}") from None
+
+    def fetch(self) -> AccessToken:
+        mytoken, origin = self._current()
+        server = self._server_for(mytoken, origin)
+        client = self._clients.get(server)
+        if client is None:
+            client = self._clients[server] = MytokenClient(server, verify=self._verify, timeout=self._timeout)
+        redemption = client.redeem(mytoken, self.oidc_issuer)
+        if redemption.rotated is not None:
+            self._adopt_rotated(redemption.rotated, origin)
+        return _registered(parse_token(redemption.access_token, f"mytoken at {server}"))
+
+    def _adopt_rotated(self, rotated: SecretStr, origin: str) -> None:
+        """Use the rotated mytoken from now on, and say where the old one still lies, stale."""
+        self._rotated = (rotated, origin)
+        if origin == "the block's mytoken" and self._on_rotation is not None:
+            try:
+                self._on_rotation(rotated)
+            except Exception as exc:  # keeping it is best effort: this process holds the new one anyway
+                logger.warning("The mytoken rotated, but keeping the new one failed (%s: %s); this process "
+                               "uses it until it ends.", type(exc).__name__, exc)
+            return
+        logger.warning(
+            "The mytoken from %s rotated: the server revoked it and gave a new one, which only this process "
+            "holds. The next run will be refused with the old one. Save rotating mytokens on a CheckinCredentials "
+            "block (it keeps the new one), or create a mytoken without rotation.", origin.replace("the ", "", 1))
 
 
 class OidcAgentSource(TokenSource):

@@ -15,11 +15,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import SecretStr
 
 from prefect_egi.tasks.checkin.errors import MalformedTokenError
+from prefect_egi.tasks.checkin.mytoken import MYTOKEN_TOKEN_TYPE
 
 # Check-in entitlement of a VO member, as fedcloudclient's `token list-vos` reads it:
 # group 1 is the VO, optional sub-groups follow before `role=member`.
@@ -28,8 +30,32 @@ VO_ENTITLEMENT = re.compile(r"^urn:mace:egi\.eu:group:(.+?):(.+:)*role=member#aa
 # RFC 6750 b64token: what a bearer token may be made of.
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
 
+#: The claims that carry a Check-in user's groups, in the order they are read:
+#: `entitlements` (the RFC 9068 / SCIM name Check-in's Keycloak releases, in tokens and
+#: in userinfo answers) and `eduperson_entitlement` (the older name, still released and
+#: the only one fedcloudclient reads). A token may carry either or both.
+ENTITLEMENT_CLAIMS = ("entitlements", "eduperson_entitlement")
 
-def vos_from_entitlements(entitlements: list[str] | tuple[str, ...]) -> list[str]:
+
+def entitlements_of(claims: Mapping[str, Any]) -> tuple[str, ...]:
+    """Every entitlement in a token's payload or a userinfo answer, from all of
+    `ENTITLEMENT_CLAIMS`, in order and without duplicates.
+
+    A claim may hold one string, a list of strings, or (SCIM, RFC 7643 §4.1.2) a list of
+    `{"value": …}` objects; anything else in it is ignored rather than failing the token.
+    """
+    found: dict[str, None] = {}
+    for name in ENTITLEMENT_CLAIMS:
+        value = claims.get(name)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                item = item.get("value")
+            if isinstance(item, str) and item:
+                found.setdefault(item, None)
+    return tuple(found)
+
+
+def vos_from_entitlements(entitlements: Iterable[str]) -> list[str]:
     """The VOs a user is a member of, sorted and de-duplicated."""
     found = {m.group(1) for e in entitlements if (m := VO_ENTITLEMENT.match(e))}
     return sorted(found)
@@ -66,9 +92,6 @@ class TokenClaims:
         audience = claims.get("aud") or ()
         if isinstance(audience, str):
             audience = (audience,)
-        entitlements = claims.get("eduperson_entitlement") or ()
-        if isinstance(entitlements, str):
-            entitlements = (entitlements,)
         return cls(
             subject=claims.get("sub"),
             issuer=claims.get("iss"),
@@ -77,7 +100,7 @@ class TokenClaims:
             issued_at=_timestamp(claims, "iat"),
             scope=claims.get("scope"),
             username=claims.get("preferred_username"),
-            entitlements=tuple(str(e) for e in entitlements),
+            entitlements=entitlements_of(claims),
         )
 
 
@@ -161,4 +184,7 @@ def parse_token(raw: str | SecretStr | None, source: str = "the given value") ->
         raise MalformedTokenError(f"{source}: {exc}") from None
     if "alg" not in header:
         raise MalformedTokenError(f"{source}: the JWT header has no 'alg'")
+    if payload.get("token_type") == MYTOKEN_TOKEN_TYPE:
+        raise MalformedTokenError(f"{source} holds a mytoken, not an access token: give it as a mytoken "
+                                  "(MYTOKEN, or mytoken on the CheckinCredentials block)")
     return AccessToken(SecretStr(text), claims, source, is_jwt=True)

@@ -14,6 +14,8 @@ from prefect_egi.tasks.remote import JobState, JobStatus, RemoteJobAdapter
 class HubServerAdapter(RemoteJobAdapter):
     """A server start or stop as a remote job: "ready" (or gone) is success.
 
+    A start that ends with the server neither ready nor starting failed: its reason is read
+    from the hub's progress stream ("Spawn failed: …"), so the error says why.
     Job ids are `user/server` (server empty for the default one)."""
 
     service = "notebooks"
@@ -30,7 +32,10 @@ class HubServerAdapter(RemoteJobAdapter):
             user, _, server = job_id.partition("/")
             if user not in users:
                 users[user] = await self.client.user(user)
-            answers[job_id] = self._status(job_id, users[user].servers.get(server))
+            status = self._status(job_id, users[user].servers.get(server))
+            if status.state is JobState.FAILED:
+                status = await self._with_spawn_failure(status, user, server)
+            answers[job_id] = status
         return answers
 
     def _status(self, job_id: str, server: HubServer | None) -> JobStatus:
@@ -45,6 +50,13 @@ class HubServerAdapter(RemoteJobAdapter):
         if server.pending:
             return JobStatus(job_id, JobState.RUNNING, None, f"pending: {server.pending}")
         return JobStatus(job_id, JobState.FAILED, None, "not running and not starting")
+
+    async def _with_spawn_failure(self, status: JobStatus, user: str, server: str) -> JobStatus:
+        """The failed start's status, carrying the hub's own reason when it recorded one."""
+        reason = await self.client.spawn_failure(user, server)
+        if reason is None:
+            return status
+        return JobStatus(status.job_id, JobState.FAILED, None, f"its start failed: {reason}")
 
     async def cancel(self, job_ids: Sequence[str]) -> Mapping[str, JobStatus]:
         for job_id in job_ids:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect_egi.tasks.notebooks.adapter import HubServerAdapter
 from prefect_egi.tasks.notebooks.block import NotebooksHub
-from prefect_egi.tasks.notebooks.client import HubClient, HubServer, HubUser
+from prefect_egi.tasks.notebooks.client import HubClient, HubServer, HubUser, ServerStopPending
 from prefect_egi.tasks.remote import JobState, WatchError, WatchPolicy, WatchReporter, watch
 from prefect_egi.tasks.reporting import run_logger
 from prefect_egi.tasks.task_base import egi_task
@@ -50,6 +51,7 @@ async def hub_user(hub: HubArg = "notebooks") -> HubUser:
 
     Raises:
         HubTokenRejected: the front refused the Check-in token (the message names its expiry).
+        HubUserNotAdmitted: the hub does not let this Check-in identity in (the message names the token's VOs).
         HubError: the hub refused the call, with the hub's own status and reason.
 
     Example:
@@ -62,7 +64,7 @@ async def hub_user(hub: HubArg = "notebooks") -> HubUser:
 
 @egi_task(name="notebooks-list-users")
 async def hub_users(hub: HubArg = "notebooks") -> list[HubUser]:
-    """Every hub user (hub admins only).
+    """Every hub user (hub admins only), all pages of them.
 
     Args:
         hub: a `NotebooksHub` block or the name of a saved one.
@@ -72,12 +74,27 @@ async def hub_users(hub: HubArg = "notebooks") -> list[HubUser]:
 
     Raises:
         HubError: 403 "Only hub admins can list users" for everyone else.
+        HubUserNotAdmitted: the hub does not let this Check-in identity in at all.
+        HubListingIncomplete: EGI's front let only the first users be read (`.users` holds them).
 
     Example:
         [user.name for user in hub_users("notebooks")]
     """
     async with NotebooksHub.resolve(hub).client() as client:
         return await client.users()
+
+
+async def _start(client: HubClient, user: str, server: str, options: dict[str, Any] | None,
+                 deadline_seconds: float) -> HubUser:
+    """Ask for the start and wait until the server is ready. A server still stopping cannot
+    be started: then the stop is waited for first, within the same deadline."""
+    started = time.monotonic()
+    try:
+        await client.start(user, server, options)
+    except ServerStopPending:
+        await _wait(client, user, server, "stopped", deadline_seconds)
+        await client.start(user, server, options)
+    return await _wait(client, user, server, "ready", max(0.0, deadline_seconds - (time.monotonic() - started)))
 
 
 async def _wait(client: HubClient, user: str, server: str, target: str, deadline_seconds: float) -> HubUser:
@@ -98,7 +115,8 @@ async def start_server(hub: HubArg = "notebooks", server: str = "",
                        options: dict[str, Any] | None = None, deadline_seconds: float = 600.0) -> HubServer:
     """Start my server (or a named one, with spawner options) and wait until it is ready.
 
-    A server that is already running is simply waited for.
+    A server that is already running is simply waited for; one that is still stopping is
+    waited for until it stopped, then started.
 
     Args:
         hub: a `NotebooksHub` block or the name of a saved one.
@@ -110,7 +128,9 @@ async def start_server(hub: HubArg = "notebooks", server: str = "",
         The ready `HubServer` (its `url`, start time, last activity).
 
     Raises:
-        ServerWaitFailed: the start failed or did not finish before the deadline.
+        ServerWaitFailed: the start failed (with the hub's "Spawn failed: …" reason) or did not
+            finish before the deadline.
+        HubUserNotAdmitted: the hub does not let this Check-in identity in.
 
     Example:
         server = start_server("notebooks")
@@ -118,15 +138,15 @@ async def start_server(hub: HubArg = "notebooks", server: str = "",
     """
     async with NotebooksHub.resolve(hub).client() as client:
         me = await client.me()
-        await client.start(me.name, server, options)
-        user = await _wait(client, me.name, server, "ready", deadline_seconds)
+        user = await _start(client, me.name, server, options, deadline_seconds)
     return user.servers[server]
 
 
 @egi_task(name="notebooks-stop-server")
 async def stop_server(hub: HubArg = "notebooks", server: str = "",
                       deadline_seconds: float = 300.0) -> HubUser:
-    """Stop my server (or a named one) and wait until it is gone.
+    """Stop my server (or a named one) and wait until it is gone; a named server the hub
+    no longer has is stopped already.
 
     Args:
         hub: a `NotebooksHub` block or the name of a saved one.
