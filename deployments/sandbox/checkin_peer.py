@@ -10,6 +10,12 @@ Keycloak speaks, at the same paths under `/auth/realms/egi`:
   `refresh_token`, RFC 8693 token exchange and `client_credentials`, with client authentication by HTTP Basic or form
   fields (both at once, as EGI's scripts send them, is accepted when they agree),
   and RFC 6749 error bodies (`invalid_grant`, `invalid_client`, …);
+- the UMA grant as D4Science's Keycloak answers it (`grant_type=urn:ietf:params:oauth:grant-type:uma-ticket`,
+  `audience=<VRE context>` — as is or percent-encoded —, the user's access token as the bearer, no
+  client authentication): a member of the VRE gets an RPT (`aud` = the audience as sent,
+  `authorization.permissions`, `"upgraded": false`, a refresh token that renews the RPT); anyone
+  else Keycloak's 403 `{"error": "access_denied", "error_description": "not_authorized"}`.
+  Memberships: `DEFAULT_VRES`, changed with `/_peer/vre` (context, users);
 - access tokens are RS256 JWTs with Check-in's claims and a lifetime you choose,
   so expiry in the middle of a flow can be tested. A user's groups are released in the
   claims `entitlements` (the RFC 9068 name Check-in's Keycloak now releases; see
@@ -48,7 +54,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -57,6 +63,12 @@ from joserfc.jwk import RSAKey
 REALM = "/auth/realms/egi"
 OIDC = f"{REALM}/protocol/openid-connect"
 EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+UMA_GRANT = "urn:ietf:params:oauth:grant-type:uma-ticket"
+#: D4Science VREs (contexts) and their members: alice is in the first, nobody in the second
+DEFAULT_VRES = {
+    "/d4science.research-infrastructures.eu/D4OS/Blue-Cloud2026Lab": ["alice"],
+    "/gcube/devsec/devVRE": [],
+}
 ACCESS_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 REFRESH_TYPE = "urn:ietf:params:oauth:token-type:refresh_token"
 DEFAULT_SCOPE = "openid profile eduperson_entitlement offline_access"
@@ -112,6 +124,7 @@ class Grant:
     scope: str
     expires_at: float
     revoked: bool = False
+    audience: str | None = None  # an RPT's refresh token renews the RPT of this VRE
 
 
 @dataclass
@@ -168,6 +181,7 @@ class PeerState:
     entitlement_claims: tuple[str, ...] = ENTITLEMENT_CLAIMS
     browser_user: str = "alice"  # who is "logged in" at the authorization endpoint
     revoked_jti: set[str] = field(default_factory=set)
+    vres: dict[str, list[str]] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_VRES)))
     counters: Counter[str] = field(default_factory=Counter)
     faults: dict[str, Fault] = field(default_factory=dict)
     issued: list[str] = field(default_factory=list)  # every token minted, for leak sweeps; never reset
@@ -213,10 +227,32 @@ class PeerState:
         header = {"alg": "RS256", "typ": "JWT", "kid": self.key.kid}
         return self.minted(jwt.encode(header, claims, self.key)), lifetime
 
-    def refresh_token(self, user: str, client_id: str, scope: str) -> str:
+    def refresh_token(self, user: str, client_id: str, scope: str, audience: str | None = None) -> str:
         token = secrets.token_urlsafe(48)
-        self.grants[token] = Grant(user, client_id, scope, time.time() + self.refresh_token_lifetime)
+        self.grants[token] = Grant(user, client_id, scope, time.time() + self.refresh_token_lifetime,
+                                   audience=audience)
         return self.minted(token)
+
+    def uma_response(self, user: str, client_id: str, scope: str, audience: str) -> dict[str, Any]:
+        """An RPT for the VRE `audience` names (as sent), as Keycloak answers the UMA grant;
+        raises Keycloak's 403 `not_authorized` when the user is not a member of the VRE."""
+        context = unquote(audience)
+        if user not in self.vres.get(context, ()):
+            raise OAuthError(403, "access_denied", "not_authorized")
+        lifetime = self.access_token_lifetime
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer, "sub": self.users[user]["sub"], "aud": audience, "azp": client_id, "typ": "Bearer",
+            "iat": now, "nbf": now, "exp": now + lifetime, "jti": uuid.uuid4().hex, "scope": scope,
+            "preferred_username": user,
+            "authorization": {"permissions": [{"rsid": str(uuid.uuid5(uuid.NAMESPACE_URL, context)),
+                                               "rsname": "Default Resource"}]},
+        }
+        token = self.minted(jwt.encode({"alg": "RS256", "typ": "JWT", "kid": self.key.kid}, claims, self.key))
+        return {"upgraded": False, "access_token": token, "expires_in": lifetime,
+                "refresh_expires_in": self.refresh_token_lifetime,
+                "refresh_token": self.refresh_token(user, client_id, scope, audience=audience),
+                "token_type": "Bearer", "not-before-policy": 0}
 
     def decode(self, token: str) -> dict[str, Any] | None:
         """Claims of one of our valid, unrevoked access tokens, else None."""
@@ -487,7 +523,8 @@ class Handler(BaseHTTPRequestHandler):
             "userinfo_endpoint": f"{issuer}/protocol/openid-connect/userinfo",
             "revocation_endpoint": f"{issuer}/protocol/openid-connect/revoke",
             "jwks_uri": f"{issuer}/protocol/openid-connect/certs",
-            "grant_types_supported": ["authorization_code", "refresh_token", EXCHANGE_GRANT, "client_credentials"],
+            "grant_types_supported": ["authorization_code", "refresh_token", EXCHANGE_GRANT, "client_credentials",
+                                      UMA_GRANT],
             "response_types_supported": ["code"],
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
@@ -498,8 +535,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def token(self, form: dict[str, str]) -> dict[str, Any]:
         state = self.state
-        client_id = self._client(form)
         grant_type = form.get("grant_type", "")
+        if grant_type == UMA_GRANT and self._bearer() is not None:
+            state.count(f"grant {grant_type}")
+            return self.uma(form)
+        client_id = self._client(form)
         state.count(f"grant {grant_type}")
         with state.lock:
             if grant_type == "authorization_code":
@@ -513,6 +553,8 @@ class Handler(BaseHTTPRequestHandler):
                 scope = form.get("scope") or grant.scope
                 if not set(scope.split()) <= set(grant.scope.split()) | {"openid"}:
                     raise OAuthError(400, "invalid_scope", "Invalid scopes: " + scope)
+                if grant.audience is not None:  # Keycloak renews an RPT as an RPT
+                    return state.uma_response(grant.user, client_id, scope, grant.audience)
                 return state.token_response(grant.user, client_id, scope)
             if grant_type == EXCHANGE_GRANT:
                 if not state.clients[client_id].get("exchange"):
@@ -539,6 +581,20 @@ class Handler(BaseHTTPRequestHandler):
                 state.users.setdefault(service_user, {"sub": uuid.uuid5(uuid.NAMESPACE_URL, client_id).hex, "eduperson_entitlement": []})
                 return state.token_response(service_user, client_id, form.get("scope") or "openid", refresh=False)
         raise OAuthError(400, "unsupported_grant_type", f"Unsupported grant_type {grant_type!r}")
+
+    def uma(self, form: dict[str, str]) -> dict[str, Any]:
+        """The UMA grant with the user's access token as the bearer (D4Science's way: no
+        ticket, an `audience`; the client is the one the user's token was issued to)."""
+        state = self.state
+        claims = state.decode(self._bearer() or "")
+        user = state.user_of(claims) if claims else None
+        if user is None:
+            raise OAuthError(401, "invalid_grant", "Invalid bearer token")
+        audience = form.get("audience", "")
+        if not audience:
+            raise OAuthError(400, "invalid_request", "You must provide the audience")  # unverified wording
+        with state.lock:
+            return state.uma_response(user, str(claims.get("azp")), str(claims.get("scope") or "openid"), audience)
 
     def authorize(self, query: dict[str, list[str]]) -> None:
         """The authorization endpoint: the browser user is logged in and consents at once."""
@@ -625,7 +681,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.state.revoked_jti.add(claims["jti"])
 
     def control(self, action: str, form: dict[str, Any]) -> dict[str, Any]:
-        """Test controls: `login`, `mytoken`, `config`, `fault`, `reset`, `user`."""
+        """Test controls: `login`, `mytoken`, `config`, `fault`, `reset`, `user`, `vre`."""
         state = self.state
         with state.lock:
             if action == "login":
@@ -663,9 +719,13 @@ class Handler(BaseHTTPRequestHandler):
                 state.access_token_lifetime = state.default_access_token_lifetime
                 state.browser_user = "alice"
                 state.entitlement_claims = ENTITLEMENT_CLAIMS
+                state.vres = json.loads(json.dumps(DEFAULT_VRES))
                 return {"ok": True}
             if action == "user":
                 state.users[form["name"]] = form["profile"]
+                return {"ok": True}
+            if action == "vre":  # who is a member of a D4Science VRE (context)
+                state.vres[form["context"]] = list(form.get("users") or [])
                 return {"ok": True}
         raise OAuthError(404, "not_found", action)
 

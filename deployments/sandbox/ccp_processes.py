@@ -1,0 +1,163 @@
+"""CCP-like methods as pygeoapi process plugins, for the CCP peer (`ccp_peer.py`).
+
+Each answers as a CCP method does where pygeoapi alone would not:
+
+- `ccp-write-files`: writes files (as a CCP method writes under `/ccp_data`) and returns,
+  as CCP does, an `output.zip` of them by reference, beside literal results;
+- `ccp-progress`: reports progress (`progress`, `message`) step by step;
+- `ccp-fail`: fails with the message a method prints before exiting non-zero;
+- `ccp-sleep`: runs until its time is up or it is dismissed (cancelled).
+
+pygeoapi (0.21 and 0.23) leaves a job `accepted` until `execute()` returns — it never
+records `running` — and has no progress API for a process: the methods update their job
+record through the TinyDB manager themselves (`JobRecord`). A dismissed job's record is
+deleted while its thread keeps running: `ccp-sleep` looks for the dismissal the front
+records (`<storage>/dismissed/<job id>`) and stops.
+
+Configuration comes from the peer's environment: `CCP_PEER_JOBS_DB` (the TinyDB file),
+`CCP_PEER_STORAGE_DIR` and `CCP_PEER_STORAGE_URL` (where result files are kept and served).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from pygeoapi.process.base import BaseProcessor, ProcessorExecuteError
+
+
+def _metadata(identifier: str, title: str, description: str, inputs: dict[str, Any],
+              outputs: dict[str, Any]) -> dict[str, Any]:
+    return {"version": "1.0.0", "id": identifier, "title": {"en": title}, "description": {"en": description},
+            "jobControlOptions": ["async-execute", "sync-execute"], "outputTransmission": ["value", "reference"],
+            "keywords": ["ccp"], "links": [], "inputs": inputs, "outputs": outputs}
+
+
+def _input(title: str, schema: dict[str, Any], min_occurs: int = 1) -> dict[str, Any]:
+    return {"title": title, "description": title, "schema": schema, "minOccurs": min_occurs, "maxOccurs": 1}
+
+
+CCP_IMAGE = _input("CCP runtime image (a CCP method parameter)", {"type": "string"}, 0)
+
+
+class JobRecord:
+    """The job's record in the TinyDB manager's database, written as pygeoapi writes it."""
+
+    def __init__(self, job_id: str):
+        from pygeoapi.process.manager.tinydb_ import TinyDBManager
+
+        self.job_id = job_id
+        self.manager = TinyDBManager({"name": "TinyDB", "connection": os.environ["CCP_PEER_JOBS_DB"],
+                                      "output_dir": None})
+
+    def update(self, **fields: Any) -> None:
+        from pygeoapi.util import get_current_datetime
+
+        self.manager.update_job(self.job_id, {"updated": get_current_datetime(), **fields})
+
+    def running(self, message: str, progress: int = 0) -> None:
+        self.update(status="running", message=message, progress=progress)
+
+    @property
+    def dismissed(self) -> bool:
+        return (Path(os.environ["CCP_PEER_STORAGE_DIR"]) / "dismissed" / self.job_id).exists()
+
+
+class CCPMethod(BaseProcessor):
+    """The methods' common part: their job's record, as CCP keeps one per execution."""
+
+    METADATA: dict[str, Any] = {}
+
+    def __init__(self, processor_def: dict[str, Any]):
+        super().__init__(processor_def, self.METADATA)
+        self.supports_outputs = True
+
+    def set_job_id(self, job_id: str) -> None:  # pygeoapi 0.21's base keeps nothing
+        self.job_id = job_id
+
+    def record(self) -> JobRecord:
+        return JobRecord(str(self.job_id))
+
+
+class WriteFiles(CCPMethod):
+    METADATA = _metadata(
+        "ccp-write-files", "Write files", "Writes `count` CSV files and a log, returned as output.zip",
+        {"count": _input("How many files", {"type": "integer", "minimum": 1, "maximum": 20}),
+         "prefix": _input("File name prefix", {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}, 0),
+         "ccpimage": CCP_IMAGE},
+        {"output": {"title": "output.zip", "schema": {"type": "string", "contentMediaType": "application/zip"}},
+         "files": {"title": "The files written", "schema": {"type": "array", "items": {"type": "string"}}},
+         "rows": {"title": "Rows written in all", "schema": {"type": "integer"}}})
+
+    def execute(self, data: dict[str, Any], outputs: Any = None) -> tuple[str, Any]:
+        record = self.record()
+        record.running("writing files", 10)
+        count, prefix = int(data.get("count", 1)), str(data.get("prefix") or "table")
+        folder = Path(os.environ["CCP_PEER_STORAGE_DIR"]) / str(self.job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        names = [f"{prefix}_{n}.csv" for n in range(1, count + 1)]
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as zipped:
+            for n, name in enumerate(names, start=1):
+                zipped.writestr(f"ccp_data/{name}", "".join(f"{n},{row},{n * row}\n" for row in range(n)))
+            zipped.writestr("ccp_data/logs/method.log", f"wrote {count} files\n")
+        (folder / "output.zip").write_bytes(archive.getvalue())
+        url = f"{os.environ['CCP_PEER_STORAGE_URL']}/{self.job_id}/output.zip"
+        return "application/json", {
+            "output": {"href": url, "type": "application/zip", "rel": "related", "title": "output.zip"},
+            "files": names,
+            "rows": sum(range(1, count + 1)),
+        }
+
+
+class Progress(CCPMethod):
+    METADATA = _metadata(
+        "ccp-progress", "Report progress", "Runs `steps` steps of `seconds` each, reporting progress",
+        {"steps": _input("Steps", {"type": "integer", "minimum": 1, "maximum": 100}),
+         "seconds": _input("Seconds per step", {"type": "number", "minimum": 0, "maximum": 60}, 0),
+         "ccpimage": CCP_IMAGE},
+        {"steps": {"title": "Steps done", "schema": {"type": "integer"}}})
+
+    def execute(self, data: dict[str, Any], outputs: Any = None) -> tuple[str, Any]:
+        record = self.record()
+        steps, seconds = int(data.get("steps", 4)), float(data.get("seconds", 0.5))
+        for step in range(steps):
+            record.running(f"step {step + 1}/{steps}", int(100 * step / steps))
+            time.sleep(seconds)
+        return "application/json", {"steps": {"value": steps, "mediaType": "application/json"}}
+
+
+class Fail(CCPMethod):
+    METADATA = _metadata(
+        "ccp-fail", "Fail", "Fails with the given message, as a method exiting with an error",
+        {"message": _input("The failure's message", {"type": "string"}, 0), "ccpimage": CCP_IMAGE},
+        {"never": {"title": "Never produced", "schema": {"type": "string"}}})
+
+    def execute(self, data: dict[str, Any], outputs: Any = None) -> tuple[str, Any]:
+        self.record().running("starting", 5)
+        raise ProcessorExecuteError(str(data.get("message") or "the method failed"))
+
+
+class Sleep(CCPMethod):
+    METADATA = _metadata(
+        "ccp-sleep", "Sleep", "Runs for `seconds` unless dismissed",
+        {"seconds": _input("How long", {"type": "number", "minimum": 0, "maximum": 3600}), "ccpimage": CCP_IMAGE},
+        {"slept": {"title": "Seconds slept", "schema": {"type": "number"}}})
+
+    def execute(self, data: dict[str, Any], outputs: Any = None) -> tuple[str, Any]:
+        record = self.record()
+        seconds = float(data.get("seconds", 60))
+        started = time.monotonic()
+        record.running("sleeping", 1)
+        while time.monotonic() - started < seconds:
+            if record.dismissed:
+                raise ProcessorExecuteError("dismissed")
+            time.sleep(0.05)
+        return "application/json", {"slept": seconds}
+
+
+PROCESSORS = {cls.METADATA["id"]: cls for cls in (WriteFiles, Progress, Fail, Sleep)}
