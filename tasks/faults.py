@@ -46,9 +46,12 @@ def is_transient_status(status: int | None) -> bool:
 
 def classify(exc: BaseException) -> type[Exception] | None:
     """`TransientServiceError`, `CredentialsRejected`, or None (final) for any failure:
-    ours, httpx's transport errors, or an `httpx.HTTPStatusError`."""
-    if isinstance(exc, (TransientServiceError, CredentialsRejected)):
-        return type(exc)
+    ours (or a service's subclass of them, e.g. CCP's `CCPTokenRejected`), httpx's transport
+    errors, or an `httpx.HTTPStatusError`."""
+    if isinstance(exc, TransientServiceError):
+        return TransientServiceError
+    if isinstance(exc, CredentialsRejected):
+        return CredentialsRejected
     if isinstance(exc, TRANSIENT_TRANSPORT):
         return TransientServiceError
     if isinstance(exc, httpx.HTTPStatusError):

@@ -375,3 +375,62 @@ def openstack(openstack_process):
     openstack_process.control("reset")
     yield openstack_process
     openstack_process.control("reset")
+
+
+# -- D4Science CCP: pygeoapi behind a D4Science-like front that accepts only the VRE's UMA token --------
+
+class CCPPeer:
+    """The running CCP peer, and UMA tokens for its VRE from the Check-in peer."""
+
+    def __init__(self, process: PeerProcess, checkin: CheckinPeer):
+        self.process = process
+        self.checkin = checkin
+        self.url: str = process.info["api_url"]
+        self.context: str = process.info["context"]
+
+    def control(self, action: str, **payload) -> dict:
+        return self.process.control(action, **payload)
+
+    def stats(self) -> dict[str, int]:
+        return self.process.stats()
+
+    def uma(self, user: str = "alice", audience: str | None = None, access_token: str | None = None) -> httpx.Response:
+        """The UMA grant as D4Science's documentation sends it: the user's token as the bearer."""
+        access_token = access_token or self.checkin.login(user)["access_token"]
+        return httpx.post(f"{self.checkin.issuer}/protocol/openid-connect/token", timeout=10,
+                          data={"grant_type": "urn:ietf:params:oauth:grant-type:uma-ticket",
+                                "audience": audience or self.context},
+                          headers={"Authorization": f"Bearer {access_token}"})
+
+    def rpt(self, user: str = "alice") -> str:
+        response = self.uma(user)
+        response.raise_for_status()
+        return response.json()["access_token"]
+
+    def client(self, token: str | None = None, **options):
+        """A CCPClient calling the peer with a fixed token (the UMA token of alice by default)."""
+        from prefect_egi.tasks.ccp.client import CCPClient
+
+        token = token or self.rpt()
+
+        async def bearer() -> str:
+            return token
+
+        options.setdefault("context", self.context)
+        return CCPClient(self.url, bearer, **options)
+
+
+@pytest.fixture(scope="session")
+def ccp_process(checkin_process):
+    peer = start_peer("ccp", "ccp_peer.py", "--issuer", checkin_process.info["issuer"], timeout=90)
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def ccp(ccp_process, checkin) -> CCPPeer:
+    """The CCP peer with its counters and faults reset for this test."""
+    peer = CCPPeer(ccp_process, checkin)
+    peer.control("reset")
+    yield peer
+    peer.control("reset")

@@ -46,8 +46,8 @@ and returns the one whose document names the marker (member `idempotencyKey`, or
 name in `MARKER_FIELDS`). Limits: on a server that shows no marker, nothing is adopted —
 `LostExecute` lists the jobs created in the time window as candidates (a human, or a
 later policy, decides; a guess could adopt someone else's job); a listing the server
-truncates (pygeoapi pages but does not filter by status or process before 0.22) is read to
-its end; clocks are compared with a tolerance (`clock_skew`).
+pages is read to its end, and the filters are applied again here (pygeoapi's TinyDB
+manager ignores `processID` and `status`); clocks are compared with a tolerance (`clock_skew`).
 
 Tokens come from `token()`, fresh on every call (the UMA token of the VRE for CCP); they
 are registered for redaction and never appear in errors. Credentials are sent only to
@@ -316,12 +316,17 @@ class Results:
 
     @classmethod
     def of(cls, body: Any) -> "Results":
-        """A results document: `{output: value | qualifiedValue | link | [..]}`; also the draft
-        form `{"outputs": [{"id", "value" | "href"}]}`."""
+        """A results document: `{output: value | qualifiedValue | link | [..]}`; also the drafts'
+        `{"outputs": [{"id", "value" | "href"}]}` and pygeoapi's answer to `response=document`
+        (`{"outputs": [<the results map>]}`)."""
         if not isinstance(body, Mapping):
             return cls({"result": body})  # a raw single result (e.g. a number or a list)
-        if isinstance(body.get("outputs"), list) and all(isinstance(o, Mapping) and "id" in o for o in body["outputs"]):
-            body = {str(o["id"]): o for o in body["outputs"]}
+        wrapped = body.get("outputs")
+        if isinstance(wrapped, list) and set(body) <= {"outputs", "links"}:
+            if all(isinstance(o, Mapping) and "id" in o for o in wrapped):  # the drafts' list of outputs
+                body = {str(o["id"]): o for o in wrapped}
+            elif len(wrapped) == 1 and isinstance(wrapped[0], Mapping):  # pygeoapi's `document`: the map, in a list
+                body = wrapped[0]
         values: dict[str, Any] = {}
         media: dict[str, str] = {}
         references: list[Reference] = []
