@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from prefect_egi.tasks.ccp.client import (
     MARKER_HEADER,
     CCPClient,

@@ -7,8 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-
-from prefect_egi.tasks.ccp.client import JobInfo, ProcessDescription, ProcessSummary, Results, next_link
+from prefect_egi.tasks.ccp.client import (
+    JobInfo,
+    ProcessDescription,
+    ProcessSummary,
+    Results,
+    next_link,
+)
 from prefect_egi.tasks.remote import JobState
 
 DATA = Path(__file__).parent / "data" / "ccp"

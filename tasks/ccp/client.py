@@ -66,7 +66,14 @@ import stat
 import tempfile
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
@@ -74,8 +81,12 @@ from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
-
-from prefect_egi.tasks.faults import CredentialsRejected, TransientServiceError, describe, is_transient_status
+from prefect_egi.tasks.faults import (
+    CredentialsRejected,
+    TransientServiceError,
+    describe,
+    is_transient_status,
+)
 from prefect_egi.tasks.http import (
     OutcomeUnknown,
     RetryPolicy,

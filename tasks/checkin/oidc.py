@@ -32,6 +32,8 @@ DEFAULT_SCOPE = "openid profile eduperson_entitlement offline_access"
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 REFRESH_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:refresh_token"
+#: Keycloak's UMA grant: the user's access token (bearer) traded for an RPT for an audience
+UMA_GRANT = "urn:ietf:params:oauth:grant-type:uma-ticket"
 
 # What to tell the user for each RFC 6749 error code of the token endpoint.
 _ERROR_HINTS = {
@@ -204,6 +206,32 @@ class OidcClient:
                 hint="the client needs token-exchange permission and the offline_access scope",
             )
         return response.refresh_token
+
+    def uma_token(self, access_token: SecretStr, audience: str) -> TokenResponse:
+        """Keycloak's UMA grant as D4Science documents it: the user's access token as the
+        bearer (no client authentication: the client is the one the token was issued to),
+        `audience` = the resource server (for D4Science, the VRE context). Returns the RPT.
+
+        Keycloak refuses a user without permission with 403 `access_denied` /
+        `not_authorized`; that becomes a `TokenEndpointError` with `error="access_denied"`."""
+        url = self.endpoint("token_endpoint")
+        response = self._send(
+            "POST", url, "token endpoint (UMA grant)", data={"grant_type": UMA_GRANT, "audience": audience},
+            headers={"Authorization": f"Bearer {access_token.get_secret_value()}", "Accept": "application/json"})
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code != 200 or not isinstance(body, dict) or "error" in body:
+            body = body if isinstance(body, dict) else {}
+            error = str(body.get("error") or f"HTTP {response.status_code}")
+            hint = (f"the user has no access to {audience}: ask to join it (for D4Science, on the VRE's page) and "
+                    "try again" if error == "access_denied" else _ERROR_HINTS.get(error, ""))
+            raise TokenEndpointError(error, str(body.get("error_description") or ""), url, hint=hint)
+        answer = self._token_response(body, url)
+        if answer.access_token is None:
+            raise TokenEndpointError("invalid_response", "no access_token in the UMA answer", self.issuer)
+        return answer
 
     # -- userinfo and signatures ----------------------------------------------------
     def userinfo(self, token: AccessToken) -> dict[str, Any]:
