@@ -282,7 +282,6 @@ def make_front(app: Any, judge: TokenJudge, state: FrontState) -> Any:
 def write_config(folder: Path, public_url: str) -> tuple[Path, Path]:
     """pygeoapi's configuration (TinyDB manager, our methods) and a minimal OpenAPI document."""
     import yaml
-
     from prefect_egi.sandbox.ccp_processes import PROCESSORS
 
     resources = {identifier: {"type": "process", "processor": {"name": f"{cls.__module__}.{cls.__name__}"}}
