@@ -64,6 +64,10 @@ def test_job_list():
     assert [job.job_id for job in jobs] == [item["jobID"] for item in raw["jobs"]]
     assert jobs[0].process_id == "Voronoi" and jobs[0].state is JobState.RUNNING and jobs[0].progress == 50
     assert {job.state for job in jobs} >= {JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED}
+    engine = jobs[0].as_job_status()  # what the engine's adapter hands to `watch`
+    assert (engine.job_id, engine.state, engine.progress, engine.message) == (
+        jobs[0].job_id, JobState.RUNNING, 50.0, "Perform step 1/2")
+    assert engine.detail["status"] == "running"
 
 
 def test_results_document():

@@ -18,6 +18,31 @@ D4Science's gateway does for CCP:
   (pygeoapi deletes the record but leaves the thread running);
 - serves the methods' result files (`output.zip`) at `/ccp-data/<job>/<file>`, token required.
 
+Where pygeoapi (read in its code, 0.21.0 and 0.24.0: same manager) differs from the standard
+or from CCP, and how the peer answers:
+
+1. a job stays `accepted` until the process returns (pygeoapi never records `running`), and
+   a process has no progress API → the methods write `running`, `progress` and `message`
+   into their TinyDB record themselves (`ccp_processes.JobRecord`);
+2. the async Execute's body is `null` (0.21) or `{"jobID", "type", "status"}` (0.24), not a
+   full statusInfo → the front answers the job's statusInfo (`plain_execute` turns this off);
+3. nothing of the request is kept (no inputs, title or header in the job record) → the front
+   keeps the `Idempotency-Key` and shows it as `idempotencyKey`, and replays a repeated key;
+4. dismissing a running job deletes its record and result file but leaves the thread
+   running; the job then answers 404 → the front flags the dismissal for the methods, which
+   stop; the 404 stays (the standard allows a dismissed job to disappear; CCP's own
+   answer after a cancel is not verified);
+5. `GET /jobs` ignores `processID` and `status` (the TinyDB manager filters nothing), pages
+   by `limit`/`offset` with `rel=next` links, and sorts each page by `started` after slicing
+   → left as is: the client applies the filters itself;
+6. errors are `{"code", "type", "description"}` (not RFC 7807's `title`/`detail`), an unknown
+   job is `InvalidParameterValue` 404 (the standard's type is `no-such-job`), results of an
+   unfinished job `ResultNotReady` 404 → left as is: the client reads both shapes;
+7. a failed job's message is `InvalidParameterValue: Error executing process: <message>`;
+8. `response: document` stores `{"outputs": [<results map>]}` → the client unwraps it;
+9. `outputTransmission` in a description is always `["value"]`, whatever the process says;
+10. `GET /processes?limit=` only cuts the list: no `rel=next` paging of processes.
+
 For tests: `/_peer/stats` (requests per kind: processes, describe, execute, status, results,
 jobs, dismiss, download, unauthorized), `/_peer/reset`, `/_peer/config`, and `/_peer/fault`
 (`kind`, `status`, `count`, `delay`; `after_backend: true` answers the fault only after

@@ -97,7 +97,7 @@ from prefect_egi.tasks.http import (
     require_https,
 )
 from prefect_egi.tasks.redaction import register_secret
-from prefect_egi.tasks.remote import JobState
+from prefect_egi.tasks.remote import JobState, JobStatus
 
 DEFAULT_CCP_URL = "https://ccp.cloud.d4science.org"
 #: the request header carrying the Execute's marker (see the module docstring)
@@ -288,6 +288,14 @@ class JobInfo:
     @property
     def state(self) -> JobState:
         return STATES.get(self.status, JobState.UNKNOWN)
+
+    def as_job_status(self) -> JobStatus:
+        """The engine's view (`watch` and the adapter): state, progress, message, and the
+        server's own status and times as detail."""
+        detail = {"status": self.status, **{name: moment.isoformat() for name, moment in (
+            ("created", self.created), ("started", self.started), ("finished", self.finished),
+            ("updated", self.updated)) if moment is not None}}
+        return JobStatus(self.job_id, self.state, self.progress, self.message, detail)
 
     @classmethod
     def of(cls, body: Any, job_id: str | None = None) -> "JobInfo":
