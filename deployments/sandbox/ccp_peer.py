@@ -37,7 +37,9 @@ or from CCP, and how the peer answers:
    → left as is: the client applies the filters itself;
 6. errors are `{"code", "type", "description"}` (not RFC 7807's `title`/`detail`), an unknown
    job is `InvalidParameterValue` 404 (the standard's type is `no-such-job`), results of an
-   unfinished job `ResultNotReady` 404 → left as is: the client reads both shapes;
+   unfinished job `ResultNotReady` 404, of a failed one `InvalidParameterValue` 400 "job failed"
+   (the standard: the job's exception) → left as is: the client reads both shapes and names
+   a failed job's own message (`CCPJobFailed`);
 7. a failed job's message is `InvalidParameterValue: Error executing process: <message>`;
 8. `response: document` stores `{"outputs": [<results map>]}` → the client unwraps it;
 9. `outputTransmission` in a description is always `["value"]`, whatever the process says;

@@ -140,6 +140,10 @@ class CCPNoSuchJob(CCPError):
     """The server knows no such job (404): never created, dismissed, or expired."""
 
 
+class CCPJobFailed(CCPError):
+    """The job failed; `detail` is the job's own message."""
+
+
 class CCPNoSuchProcess(CCPError):
     """The server knows no such process (404)."""
 
@@ -589,9 +593,22 @@ class CCPClient:
                           job_id)
 
     async def results(self, job_id: str) -> Results:
-        """The results of a successful job. A job not (yet) successful is an error naming its state."""
-        return Results.of(await self._get(self.job_url(job_id) + "/results", f"results of job {job_id}",
-                                          missing=CCPNoSuchJob))
+        """The results of a successful job. For a job that failed, `CCPJobFailed` with the job's
+        own message (servers answer the results request with less: pygeoapi says "job failed")."""
+        try:
+            return Results.of(await self._get(self.job_url(job_id) + "/results", f"results of job {job_id}",
+                                              missing=CCPNoSuchJob))
+        except CCPError as refused:
+            if refused.status not in (400, 404, 500) or isinstance(refused, CCPTokenRejected):
+                raise
+            try:
+                job = await self.job(job_id)
+            except CCPError:
+                raise refused from None
+            if job.state is JobState.FAILED:
+                raise CCPJobFailed(f"job {job_id} failed: {job.message or 'no message given'}", refused.status,
+                                   refused.ogc_type, refused.title, job.message or refused.detail) from None
+            raise
 
     async def dismiss(self, job_id: str) -> JobInfo | None:
         """Dismiss (cancel) a job. Returns the server's statusInfo, or None when the job is
