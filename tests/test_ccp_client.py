@@ -368,3 +368,51 @@ def test_the_marker_travels_in_the_idempotency_key_header():
     job = JobInfo.of({"jobID": "j", "status": "running", "idempotencyKey": "prefect-egi-1",
                       "created": "2026-01-01T00:00:00.000000Z"})
     assert job.marker == "prefect-egi-1" and job.created == datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def test_on_a_server_that_keeps_no_marker_a_lost_execute_is_not_guessed(ccp):
+    """Plain pygeoapi keeps nothing of the request: the jobs created since the Execute are
+    named as candidates, none is adopted."""
+    ccp.control("config", keep_markers=False)
+    ccp.control("fault", kind="execute", status=504, after_backend=True)
+
+    async def scenario():
+        async with ccp.client(retry=FAST) as client:
+            with pytest.raises(ExecuteOutcomeUnknown) as lost:
+                await client.execute("ccp-sleep", {"seconds": 0})
+            with pytest.raises(LostExecute) as unknown:
+                await client.find_job(lost.value.marker, "ccp-sleep", lost.value.sent_at)
+            return unknown.value
+
+    unknown = asyncio.run(scenario())
+    assert unknown.candidates and all(job.process_id == "ccp-sleep" for job in unknown.candidates)
+    assert "not adopted" in str(unknown)
+
+
+def test_no_token_in_errors_or_logs(ccp, checkin, caplog):
+    """Every kind of failure, logged at DEBUG: neither the RPT nor the user's token appears."""
+    import logging
+
+    rpt, plain = ccp.rpt(), checkin.login("alice")["access_token"]
+    ccp.control("fault", kind="execute", status=504, after_backend=True)
+    messages: list[str] = []
+
+    async def scenario():
+        async with ccp.client(rpt, retry=FAST) as client:
+            for call in (lambda: client.execute("ccp-fail", {}), lambda: client.process("nope"),
+                         lambda: client.job("nope"), lambda: client.download("http://elsewhere.test/f", ".")):
+                try:
+                    await call()
+                except Exception as exc:  # every failure's text, as a user would see it
+                    messages.append(repr(exc) + str(exc))
+        async with ccp.client(plain, retry=FAST) as client:
+            try:
+                await client.processes()
+            except CCPTokenRejected as exc:
+                messages.append(repr(exc) + str(exc))
+
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(scenario())
+    assert len(messages) == 5
+    for text in (*messages, caplog.text):
+        assert rpt not in text and plain not in text

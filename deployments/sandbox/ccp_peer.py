@@ -13,7 +13,8 @@ D4Science's gateway does for CCP:
   sends `null`; `/_peer/config {"plain_execute": true}` passes pygeoapi's own answer);
 - keeps the Execute's `Idempotency-Key` header: a repeated key gets the first answer again
   (nothing executed twice), and the job's documents (`/jobs`, `/jobs/{id}`) show it as
-  `idempotencyKey` — pygeoapi itself keeps nothing of the request;
+  `idempotencyKey` — pygeoapi itself keeps nothing of the request (`/_peer/config
+  {"keep_markers": false}` serves as plain pygeoapi would);
 - records a dismissal (`DELETE /jobs/{id}`) where the methods see it, so a running one stops
   (pygeoapi deletes the record but leaves the thread running);
 - serves the methods' result files (`output.zip`) at `/ccp-data/<job>/<file>`, token required.
@@ -134,6 +135,7 @@ class FrontState:
         self.markers: dict[str, str] = {}  # job id -> Idempotency-Key
         self.replies: dict[str, tuple[str, list[tuple[str, str]], bytes]] = {}  # key -> first answer
         self.plain_execute = False
+        self.keep_markers = True  # False: a server that keeps nothing of the request (plain pygeoapi)
         self.lock = threading.Lock()
         self.executing = threading.Lock()  # one Execute at a time: a repeated key waits for the first
 
@@ -271,7 +273,7 @@ def make_front(app: Any, judge: TokenJudge, state: FrontState) -> Any:
             location = next((v for k, v in headers if k.lower() == "location"), None)
             if status.startswith("201") and location:
                 job_id = location.rstrip("/").rsplit("/", 1)[-1]
-                if key:
+                if key and state.keep_markers:
                     state.markers[job_id] = key
                 if not state.plain_execute:  # the standard's 201 body: the job's statusInfo
                     job = call(app, environ, "GET", f"/jobs/{job_id}", query="f=json")
@@ -292,13 +294,15 @@ def make_front(app: Any, judge: TokenJudge, state: FrontState) -> Any:
                 state.counters.clear()
                 state.faults.clear()
                 state.plain_execute = False
+                state.keep_markers = True
             elif action == "fault":
                 state.faults[form.get("kind", "any")] = {
                     "status": int(form.get("status", 503)), "count": int(form.get("count", 1)),
                     "delay": float(form.get("delay", 0)), "after_backend": bool(form.get("after_backend"))}
             elif action == "config":
-                if "plain_execute" in form:
-                    state.plain_execute = bool(form["plain_execute"])
+                for name in ("plain_execute", "keep_markers"):
+                    if name in form:
+                        setattr(state, name, bool(form[name]))
             else:
                 return _reply(start_response, "404 Not Found", b'{"error": "unknown control"}')
         return _reply(start_response, "200 OK", b'{"ok": true}')
