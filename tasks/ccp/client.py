@@ -99,7 +99,8 @@ from prefect_egi.tasks.http import (
 from prefect_egi.tasks.redaction import register_secret
 from prefect_egi.tasks.remote import JobState, JobStatus
 
-DEFAULT_CCP_URL = "https://ccp.cloud.d4science.org"
+#: CCP's API root, as its documentation's REST example names it (docs: 03_execution/06_rest_api)
+DEFAULT_CCP_URL = "https://ccp.d4science.org"
 #: the request header carrying the Execute's marker (see the module docstring)
 MARKER_HEADER = "Idempotency-Key"
 #: members of a job document that may hold the marker a server kept

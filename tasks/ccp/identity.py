@@ -9,7 +9,8 @@ Nothing here is a second token cache: the RPT comes from a `UmaTokenSource` insi
 same `TokenProvider` Check-in tokens use, so it is reused until shortly before it expires,
 renewed once for any number of concurrent callers (threads or asyncio tasks), registered
 for redaction, and dropped by `invalidate()` after a 401. The user's token comes from its
-own provider (a refresh token at D4Science's IAM, a token file, …), which keeps itself
+own provider (a refresh token at D4Science's IAM — what CCP itself hands a running method
+as `ccprefreshtoken`, `ccpclientid`, `ccpiamurl`, `ccpcontext` —, a token file, …), which keeps itself
 fresh the same way; each renewal of the RPT is one UMA grant with the user's current token
 (Keycloak could also renew an RPT by its refresh token; one path is simpler and needs no
 client of ours).
@@ -25,10 +26,6 @@ from prefect_egi.tasks.checkin.provider import DEFAULT_MARGIN_SECONDS, TokenProv
 from prefect_egi.tasks.checkin.sources import SourceUnavailable, TokenSource
 from prefect_egi.tasks.checkin.tokens import AccessToken
 from prefect_egi.tasks.redaction import register_secret
-
-#: D4Science's IAM (Keycloak realm `d4science`)
-D4SCIENCE_ISSUER = "https://accounts.d4science.org/auth/realms/d4science"
-
 
 def check_context(context: str) -> str:
     """A VRE context as D4Science writes it: `/<infrastructure>/<VO>/<VRE>`."""
