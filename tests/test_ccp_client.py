@@ -29,7 +29,7 @@ from prefect_egi.tasks.ccp.client import (
     UnsafeArchive,
     unpack_zip,
 )
-from prefect_egi.tasks.faults import CredentialsRejected, classify
+from prefect_egi.tasks.faults import CredentialsRejected, TransientServiceError, classify
 from prefect_egi.tasks.http import RetryPolicy
 from prefect_egi.tasks.remote import JobState
 
@@ -165,18 +165,22 @@ def test_an_execute_whose_answer_was_lost_is_found_by_its_marker_not_run_twice(c
     assert stats["execute"] == 2 and stats.get("execute replayed") == 1  # pygeoapi ran it once
 
 
-def test_an_execute_that_never_reached_the_server_is_reported_as_not_created(ccp):
-    ccp.control("fault", kind="execute", status=503, count=10)  # refused unread, every attempt
+def test_an_execute_refused_unread_every_time_is_transient_and_created_nothing(ccp):
+    """503 (a front shedding load) proves the request was not read: retried, then reported as
+    transient and safe to send again; the listing confirms no job carries its marker."""
+    ccp.control("fault", kind="execute", status=503, count=10)
+    since = datetime.now(timezone.utc)
 
     async def scenario():
         async with ccp.client(retry=FAST) as client:
-            with pytest.raises(ExecuteOutcomeUnknown) as lost:
-                await client.execute("ccp-fail", {})
+            with pytest.raises(TransientServiceError, match="safe to send it again") as refused:
+                await client.execute("ccp-fail", {}, marker="prefect-egi-refused")
             with pytest.raises(LostExecute) as missing:
-                await client.find_job(lost.value.marker, "ccp-fail", lost.value.sent_at)
-            return missing.value
+                await client.find_job("prefect-egi-refused", "ccp-fail", since)
+            return refused.value, missing.value
 
-    missing = asyncio.run(scenario())
+    refused, missing = asyncio.run(scenario())
+    assert classify(refused) is TransientServiceError
     assert missing.candidates == [] and "did not reach the server" in str(missing)
     assert ccp.stats()["execute"] == FAST.attempts
 
@@ -416,3 +420,34 @@ def test_no_token_in_errors_or_logs(ccp, checkin, caplog):
     assert len(messages) == 5
     for text in (*messages, caplog.text):
         assert rpt not in text and plain not in text
+
+
+class _Redirector(BaseHTTPRequestHandler):
+    """A host that redirects every request to `target`."""
+
+    target = ""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", self.target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_a_redirect_to_a_host_not_named_is_not_followed(ccp, tmp_path):
+    server = ThreadingHTTPServer(("localhost", 0), _Redirector)
+    _Redirector.target = "http://127.0.0.2:9/stolen"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        async def scenario():
+            async with ccp.client(retry=FAST, download_hosts=["localhost"]) as client:
+                await client.download(f"http://localhost:{server.server_address[1]}/file.csv", tmp_path)
+
+        with pytest.raises(ForeignDownload, match="127.0.0.2"):
+            asyncio.run(scenario())
+    finally:
+        server.shutdown()
+    assert list(tmp_path.iterdir()) == []  # nothing left behind

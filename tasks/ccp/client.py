@@ -557,9 +557,11 @@ class CCPClient:
             answer = await self._send("POST", url, what, idempotent=False, content=payload,
                                       headers={"Content-Type": "application/json", "Prefer": "respond-async",
                                                MARKER_HEADER: marker})
-        except (OutcomeUnknown, TransientServiceError) as exc:
+        except OutcomeUnknown as exc:
             raise ExecuteOutcomeUnknown(f"{what}: {exc} — the job may exist; look it up with its marker "
                                         f"{marker} (find_job) before sending it again", marker, sent_at) from None
+        except TransientServiceError as exc:  # every attempt refused unread (429/503) or never sent
+            raise TransientServiceError(f"{exc}; no job was created — safe to send it again") from None
         try:
             self._judge(answer, what, missing=CCPNoSuchProcess)
         except TransientServiceError as exc:  # a 5xx from the server after reading it: it may have started a job
@@ -571,7 +573,7 @@ class CCPClient:
         body = self._json(answer, what)
         location = answer.headers.get("location")
         info: JobInfo | None = None
-        if isinstance(body, Mapping) and (body.get("jobID") or body.get("status")) and "jobID" in body:
+        if isinstance(body, Mapping) and body.get("jobID"):
             info = JobInfo.of(body)
         job_id = info.job_id if info else None
         if job_id is None and location:
@@ -673,34 +675,45 @@ class CCPClient:
                              "the server"), candidates)
 
     # -- files --------------------------------------------------------------------------------
-    async def download(self, href: str, destination: Path | str) -> Path:
-        """Save the file a result references into `destination` (a folder), under its own name.
-
-        From the service's origin with the credentials; from a host in `download_hosts`
-        without them; any other host is refused (a result could name any URL)."""
-        url = urljoin(self.url + "/", href)
+    def _allowed(self, url: str) -> str:
+        """`url` if a result file may be fetched from it, else `ForeignDownload`."""
         host = (urlsplit(url).hostname or "").lower()
         if not self._own(url) and host not in self.download_hosts:
             raise ForeignDownload(f"the result file {url} is on {host or 'an unnamed host'}, not on the service's "
                                   "host: not downloaded. Name that host in download_hosts to allow it (the "
                                   "token is never sent there).")
-        require_https(url, "a result file's URL")
+        return require_https(url, "a result file's URL")
+
+    async def download(self, href: str, destination: Path | str, *, max_redirects: int = 5) -> Path:
+        """Save the file a result references into `destination` (a folder), under its own name.
+
+        From the service's origin with the credentials; from a host in `download_hosts`
+        without them; any other host is refused (a result could name any URL), and so is a
+        redirect to one. Written to a temporary file first: no partial file is left."""
+        url = self._allowed(urljoin(self.url + "/", href))
         folder = Path(destination)
         folder.mkdir(parents=True, exist_ok=True)
-        name = PurePosixPath(urlsplit(url).path).name or "result"
-        if name in (".", ".."):
-            name = "result"
+        name = PurePosixPath(urlsplit(url).path).name
+        name = "result" if name in ("", ".", "..") else name
         target = folder / name
         what = f"download {name}"
         handle, partial = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
         try:
-            async with self.http.stream("GET", url, headers=await self._headers(url)) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    self._judge(response, what)
-                with os.fdopen(handle, "wb") as out:
-                    async for chunk in response.aiter_bytes():
-                        out.write(chunk)
+            with os.fdopen(handle, "wb") as out:
+                for _ in range(max_redirects + 1):
+                    async with self.http.stream("GET", url, headers=await self._headers(url)) as response:
+                        if response.is_redirect and response.headers.get("location"):
+                            url = self._allowed(urljoin(url, response.headers["location"]))
+                            continue
+                        if response.status_code >= 300:
+                            await response.aread()
+                            self._judge(response, what)
+                            raise CCPError(f"{what}: HTTP {response.status_code}", response.status_code)
+                        async for chunk in response.aiter_bytes():
+                            out.write(chunk)
+                        break
+                else:
+                    raise CCPError(f"{what}: more than {max_redirects} redirects")
             os.replace(partial, target)
         except httpx.TransportError as exc:
             raise TransientServiceError(f"{what}: {describe(exc)}") from None
