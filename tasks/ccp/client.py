@@ -36,11 +36,17 @@ non-idempotent POST). Why a header and not an input or a title:
   reject (or, worse, use) an unknown input, and nothing in the job's results changes;
 - OGC API – Processes 1.0/1.2 has no client-chosen job title or tag in the Execute request
   (`subscriber` holds callback URLs, which servers call — pygeoapi POSTs to them);
-- pygeoapi (0.21 and 0.23, read in its code) keeps NOTHING of the request in its job
+- pygeoapi (0.21 and 0.24, read in its code) keeps NOTHING of the request in its job
   record — not the inputs, not a title, not a header: `/jobs` lists only `processID`,
-  `jobID`, `status`, `message`, `progress` and the four times. So no in-band marker
-  would survive on pygeoapi either; a front (as D4Science's is, and the sandbox peer's)
-  can keep the header and show it.
+  `jobID`, `status`, `message`, `progress`, the four times and an always-empty
+  `parameters`. So no in-band marker would survive on pygeoapi either; a front (as
+  D4Science's is, and the sandbox peer's) can keep the header and show it. CCP keeps each
+  execution's request (`metadata/request.json`, its documentation says); whether it keeps
+  this header, or lists anything of the request in `/jobs`, is NOT verified — until it is,
+  on CCP the lookup ends as on plain pygeoapi (candidates, nothing adopted).
+An Execute is sent again only when the failure proves it was not read (no connection, or
+429/503 refused unread); if every attempt is refused so, `TransientServiceError` says no
+job was created. Any other failure after sending is `ExecuteOutcomeUnknown`, with the marker.
 `find_job(marker, …)` lists the jobs of the process created since the Execute was sent
 and returns the one whose document names the marker (member `idempotencyKey`, or any
 name in `MARKER_FIELDS`). Limits: on a server that shows no marker, nothing is adopted —
