@@ -451,3 +451,42 @@ def test_a_redirect_to_a_host_not_named_is_not_followed(ccp, tmp_path):
     finally:
         server.shutdown()
     assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+def test_a_restarted_peer_still_knows_its_jobs_and_their_markers(checkin_process, ccp, tmp_path):
+    """A peer on a kept --workdir (a crashed service coming back): pygeoapi's TinyDB jobs and
+    the front's markers survive; a repeated Idempotency-Key is answered with the same job."""
+    from prefect_egi.sandbox.peers import start_peer
+
+    def peer():
+        return start_peer("ccp-restart", "ccp_peer.py", "--issuer", checkin_process.info["issuer"],
+                          "--workdir", str(tmp_path), timeout=90)
+
+    token = ccp.rpt()
+
+    async def execute(url: str):
+        async with CCPClient(url, _fixed(token), retry=FAST) as client:
+            submitted = await client.execute("ccp-progress", {"steps": 1, "seconds": 0}, marker="prefect-egi-kept")
+            return submitted, (await wait_for(client, submitted.job_id))[0]
+
+    first = peer()
+    try:
+        submitted, _ = asyncio.run(execute(first.info["api_url"]))
+    finally:
+        first.stop()
+    second = peer()
+    try:
+        again, final = asyncio.run(execute(second.info["api_url"]))
+        stats = second.stats()
+    finally:
+        second.stop()
+    assert again.job_id == submitted.job_id and final.marker == "prefect-egi-kept"
+    assert final.state is JobState.SUCCEEDED
+    assert stats.get("execute replayed") == 1
+
+
+def _fixed(token: str):
+    async def bearer() -> str:
+        return token
+
+    return bearer

@@ -13,7 +13,8 @@ D4Science's gateway does for CCP:
   sends `null`; `/_peer/config {"plain_execute": true}` passes pygeoapi's own answer);
 - keeps the Execute's `Idempotency-Key` header: a repeated key gets the first answer again
   (nothing executed twice), and the job's documents (`/jobs`, `/jobs/{id}`) show it as
-  `idempotencyKey` — pygeoapi itself keeps nothing of the request (`/_peer/config
+  `idempotencyKey`, kept across restarts on one `--workdir` (`markers.json`, beside
+  pygeoapi's TinyDB jobs) — pygeoapi itself keeps nothing of the request (`/_peer/config
   {"keep_markers": false}` serves as plain pygeoapi would);
 - records a dismissal (`DELETE /jobs/{id}`) where the methods see it, so a running one stops
   (pygeoapi deletes the record but leaves the thread running);
@@ -128,8 +129,12 @@ class TokenJudge:
 
 
 class FrontState:
+    """What the front keeps. Markers are saved beside pygeoapi's jobs (`markers.json`), so a
+    peer restarted on the same `--workdir` (a crashed service coming back) still shows them."""
+
     def __init__(self, storage: Path):
         self.storage = storage
+        self.saved = storage.parent / "markers.json"
         self.counters: Counter[str] = Counter()
         self.faults: dict[str, dict[str, Any]] = {}
         self.markers: dict[str, str] = {}  # job id -> Idempotency-Key
@@ -138,6 +143,13 @@ class FrontState:
         self.keep_markers = True  # False: a server that keeps nothing of the request (plain pygeoapi)
         self.lock = threading.Lock()
         self.executing = threading.Lock()  # one Execute at a time: a repeated key waits for the first
+        if self.saved.exists():
+            self.markers = dict(json.loads(self.saved.read_text()))
+
+    def remember(self, job_id: str, key: str) -> None:
+        with self.lock:
+            self.markers[job_id] = key
+            self.saved.write_text(json.dumps(self.markers))
 
     def count(self, kind: str) -> None:
         with self.lock:
@@ -199,7 +211,7 @@ def call(app: Any, environ: dict[str, Any], method: str, path: str, body: bytes 
     return captured["status"], captured["headers"], data
 
 
-def make_front(app: Any, judge: TokenJudge, state: FrontState) -> Any:
+def make_front(app: Any, judge: TokenJudge, state: FrontState, public_url: str) -> Any:
     def annotate(data: bytes) -> bytes:
         """Show each job's Idempotency-Key in a job document or listing."""
         try:
@@ -213,6 +225,7 @@ def make_front(app: Any, judge: TokenJudge, state: FrontState) -> Any:
         return json.dumps(body).encode()
 
     def front(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        environ["ccp.public_url"] = public_url
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
         if path.startswith("/_peer/"):
             return control(path[len("/_peer/"):], environ, start_response)
@@ -269,12 +282,18 @@ def make_front(app: Any, judge: TokenJudge, state: FrontState) -> Any:
             if key and key in state.replies:
                 state.count("execute replayed")
                 return state.replies[key]
+            known = next((job for job, marker in state.markers.items() if marker == key), None) if key else None
+            if known is not None:  # a key saved before a restart: answer with that job, do not run it again
+                state.count("execute replayed")
+                job = call(app, environ, "GET", f"/jobs/{known}", query="f=json")
+                return ("201 Created", [("Location", f"{environ['ccp.public_url']}/jobs/{known}"),
+                                        ("Content-Type", "application/json")], annotate(job[2]))
             status, headers, data = call(app, environ, "POST", path, body, environ.get("QUERY_STRING", ""))
             location = next((v for k, v in headers if k.lower() == "location"), None)
             if status.startswith("201") and location:
                 job_id = location.rstrip("/").rsplit("/", 1)[-1]
                 if key and state.keep_markers:
-                    state.markers[job_id] = key
+                    state.remember(job_id, key)
                 if not state.plain_execute:  # the standard's 201 body: the job's statusInfo
                     job = call(app, environ, "GET", f"/jobs/{job_id}", query="f=json")
                     data = annotate(job[2])
@@ -374,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     from pygeoapi.flask_app import APP
 
     state = FrontState(storage)
-    holder["app"] = make_front(APP.wsgi_app, TokenJudge(args.issuer, args.context), state)
+    holder["app"] = make_front(APP.wsgi_app, TokenJudge(args.issuer, args.context), state, public_url)
     print(json.dumps({"url": url, "api_url": public_url, "context": args.context, "workdir": str(folder)}),
           flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -383,6 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if not args.workdir:
             shutil.rmtree(folder, ignore_errors=True)
+        os._exit(0)  # pygeoapi runs jobs in non-daemon threads: do not wait for them
 
 
 if __name__ == "__main__":
