@@ -27,6 +27,7 @@ from prefect_egi.tasks.checkin.sources import SourceUnavailable, TokenSource
 from prefect_egi.tasks.checkin.tokens import AccessToken
 from prefect_egi.tasks.redaction import register_secret
 
+
 def check_context(context: str) -> str:
     """A VRE context as D4Science writes it: `/<infrastructure>/<VO>/<VRE>`."""
     if not isinstance(context, str) or not context.startswith("/") or len(context.strip("/").split("/")) < 2:
