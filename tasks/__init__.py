@@ -6,8 +6,8 @@ Every name a user needs is exported here: the blocks (one per service), the task
 (callable from sync code, awaitable from async code), their results and errors, and the
 remote-job engine for building on. Each service has the same three parts — an access
 layer (plain Python: its client and, for job services, its engine adapter), a block and
-its tasks — in a subpackage of its own: `checkin`, `dataminer`, `dirac`, `fedcloud`,
-`notebooks`.
+its tasks — in a subpackage of its own: `checkin`, `ccp`, `dataminer`, `dirac`,
+`fedcloud`, `notebooks`.
 
 `import prefect_egi.tasks` is cheap: it switches on log redaction of every token and
 block secret this process handles, and names the public API, which is imported on
@@ -43,6 +43,15 @@ _PUBLIC = {
     "prefect_egi.tasks.dataminer.client": ["LocalFile", "Reference", "BoundingBox", "ProcessSummary",
                                            "ProcessDescription", "InputSpec", "ValueRange", "WPSError", "WPSAuthError", "WPSServiceError", "InputValidationError",
                                            "ExecuteOutcomeUnknown"],
+    # D4Science CCP (OGC API – Processes)
+    "prefect_egi.tasks.ccp.block": ["CCP"],
+    "prefect_egi.tasks.ccp.tasks": ["list_ccp_methods", "describe_ccp_method", "execute_ccp_method",
+                                    "wait_for_ccp_jobs", "collect_ccp_results", "run_ccp_method"],
+    "prefect_egi.tasks.ccp.adapter": ["CCP_WAIT", "CCPAdapter"],
+    "prefect_egi.tasks.ccp.outputs": ["CCPResult", "CCPMethodFailed"],
+    "prefect_egi.tasks.ccp.inputs": ["CCPInputError"],
+    "prefect_egi.tasks.ccp.client": ["CCPClient", "CCPError", "CCPTokenRejected", "CCPNoSuchProcess", "CCPNoSuchJob",
+                                     "CCPJobFailed", "LostExecute"],
     # DIRAC
     "prefect_egi.tasks.dirac.block": ["DiracX"],
     "prefect_egi.tasks.dirac.tasks": ["submit_jobs", "wait_for_jobs", "fetch_job_outputs", "resubmit_jobs",
@@ -79,6 +88,27 @@ __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see (tests/test_layers.py checks it matches _PUBLIC)
+    from prefect_egi.tasks.ccp.adapter import CCP_WAIT, CCPAdapter
+    from prefect_egi.tasks.ccp.block import CCP
+    from prefect_egi.tasks.ccp.client import (
+        CCPClient,
+        CCPError,
+        CCPJobFailed,
+        CCPNoSuchJob,
+        CCPNoSuchProcess,
+        CCPTokenRejected,
+        LostExecute,
+    )
+    from prefect_egi.tasks.ccp.inputs import CCPInputError
+    from prefect_egi.tasks.ccp.outputs import CCPMethodFailed, CCPResult
+    from prefect_egi.tasks.ccp.tasks import (
+        collect_ccp_results,
+        describe_ccp_method,
+        execute_ccp_method,
+        list_ccp_methods,
+        run_ccp_method,
+        wait_for_ccp_jobs,
+    )
     from prefect_egi.tasks.checkin.block import CheckinCredentials
     from prefect_egi.tasks.checkin.errors import (
         CheckinError,

@@ -31,6 +31,7 @@ from prefect.blocks.core import Block
 from typing_extensions import Self
 
 if TYPE_CHECKING:
+    from prefect_egi.tasks.checkin.provider import TokenProvider
     from prefect_egi.tasks.remote import RemoteJobAdapter
 
 
@@ -38,6 +39,25 @@ def _value(awaitable: Any) -> Any:
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     return run_coro_as_sync(awaitable)
+
+
+class ProviderSlot:
+    """Holds a block's live token provider (Check-in's, CCP's UMA token). Copies and
+    pickles of the block get an empty slot: a provider holds locks and cached tokens,
+    and a token must never travel into a pickle (Prefect persists results and hashes
+    task inputs)."""
+
+    __slots__ = ("provider", "warned_unsaved_rotation")
+
+    def __init__(self) -> None:
+        self.provider: "TokenProvider | None" = None
+        self.warned_unsaved_rotation = False
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "ProviderSlot":
+        return ProviderSlot()
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return (ProviderSlot, ())
 
 
 class EgiBlock(Block, ABC):

@@ -40,7 +40,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -115,7 +115,7 @@ class JobLedger:
         self.flow_run_id = flow_run_id
         self._memory: dict[str, Submission] = {}
         self._cancelled: set[str] = set()
-        self._intents: set[str] = set()
+        self._intents: dict[str, Any] = {}
 
     @classmethod
     def current(cls) -> "JobLedger":
@@ -175,25 +175,34 @@ class JobLedger:
             return
         await self._create(RECORD_PREFIX + submission.key, submission.to_json())
 
-    async def intend(self, key: str) -> None:
+    async def intend(self, key: str, note: Mapping[str, Any] | None = None) -> None:
         """Write down "about to submit `key`" before a submission that cannot be repeated
         safely: if the answer is lost (or the process dies), a retry finds this and does
-        not submit blindly a second time. `settle` removes it once the outcome is known."""
+        not submit blindly a second time. `settle` removes it once the outcome is known.
+        `note` (JSON) is kept with it, for the retry: e.g. when the request was sent, to
+        look the job up in the service's listing."""
+        value = {"key": key, **note} if note else key
         if self.flow_run_id is None:
-            self._intents.add(key)
+            self._intents[key] = value
             return
-        await self._create(INTENT_PREFIX + key, json.dumps(key))
+        await self._create(INTENT_PREFIX + key, json.dumps(value))
+
+    async def intent(self, key: str) -> Any | None:
+        """What an earlier attempt wrote down when it set out to submit `key` and never
+        learned the outcome (the key itself, or `{"key": …, **note}`); None: no such attempt."""
+        if self.flow_run_id is None:
+            return self._intents.get(key)
+        found = [item for item in await self._filter(INTENT_PREFIX + key, limit=1) if item.key == INTENT_PREFIX + key]
+        return json.loads(found[0].value) if found else None
 
     async def intended(self, key: str) -> bool:
         """Whether an earlier attempt set out to submit `key` and never learned the outcome."""
-        if self.flow_run_id is None:
-            return key in self._intents
-        return any(item.key == INTENT_PREFIX + key for item in await self._filter(INTENT_PREFIX + key, limit=1))
+        return await self.intent(key) is not None
 
     async def settle(self, key: str) -> None:
         """The outcome of submitting `key` is known (recorded, or refused): forget the intent."""
         if self.flow_run_id is None:
-            self._intents.discard(key)
+            self._intents.pop(key, None)
             return
         from prefect.client.orchestration import get_client
 

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from prefect_egi.tasks.ccp.identity import check_context, uma_provider
+from prefect_egi.tasks.ccp.identity import check_context, uma_audience, uma_provider
 from prefect_egi.tasks.checkin.errors import NoTokenError
 from prefect_egi.tasks.checkin.oidc import UMA_GRANT, OidcClient
 from prefect_egi.tasks.checkin.provider import TokenProvider
@@ -35,7 +35,7 @@ def uma_grants(checkin) -> int:
 def test_the_uma_token_is_the_bearer_ccp_accepts(ccp):
     _, provider = providers(ccp)
     token = provider.get_token()
-    assert token.claims.audience == (ccp.context,)
+    assert token.claims.audience == (uma_audience(ccp.context),)
     assert "authorization" in claims_of(token.value)
     assert contains_secret(token.value)
 
@@ -74,7 +74,7 @@ def test_the_uma_token_is_renewed_before_it_expires(ccp):
     while first.is_fresh(provider.margin_for(first)) and time.monotonic() < deadline:
         time.sleep(0.2)
     second = provider.get_token()
-    assert second.value != first.value and second.claims.audience == (ccp.context,)
+    assert second.value != first.value and second.claims.audience == (uma_audience(ccp.context),)
 
 
 def test_after_a_401_invalidate_brings_a_new_uma_token(ccp):

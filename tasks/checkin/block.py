@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
-from prefect_egi.tasks.block_base import EgiBlock
+from prefect_egi.tasks.block_base import EgiBlock, ProviderSlot
 from prefect_egi.tasks.checkin.identity import Identity, identify
 from prefect_egi.tasks.checkin.oidc import DEFAULT_SCOPE, EGI_CHECKIN_ISSUER, OidcClient
 from prefect_egi.tasks.checkin.provider import DEFAULT_MARGIN_SECONDS, TokenProvider
@@ -31,24 +31,6 @@ from prefect_egi.tasks.http import require_https, tls_verify
 from prefect_egi.tasks.redaction import register_all
 
 logger = logging.getLogger("prefect_egi.checkin")
-
-
-class _ProviderSlot:
-    """Holds a block's live token provider. Copies and pickles of the block get an
-    empty slot: a provider holds locks and cached tokens, and a token must never
-    travel into a pickle (Prefect persists results and hashes task inputs)."""
-
-    __slots__ = ("provider", "warned_unsaved_rotation")
-
-    def __init__(self) -> None:
-        self.provider: TokenProvider | None = None
-        self.warned_unsaved_rotation = False
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> "_ProviderSlot":
-        return _ProviderSlot()
-
-    def __reduce__(self) -> tuple[type, tuple[()]]:
-        return (_ProviderSlot, ())
 
 
 class CheckinCredentials(EgiBlock):
@@ -114,7 +96,7 @@ class CheckinCredentials(EgiBlock):
     ca_bundle: str | None = Field(default=None, description="CA bundle file for the issuer (instead of the system one).")
     timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of each request to the issuer.")
 
-    _slot: _ProviderSlot = PrivateAttr(default_factory=_ProviderSlot)
+    _slot: ProviderSlot = PrivateAttr(default_factory=ProviderSlot)
 
     @field_validator("issuer")
     @classmethod

@@ -6,7 +6,6 @@ No Prefect imports: this is the service-access layer.
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,19 +21,8 @@ from prefect_egi.tasks.dataminer.client import (
     WPSClient,
     parse_result_block,
 )
+from prefect_egi.tasks.files import OutputFile, safe_name
 from prefect_egi.tasks.remote import JobState
-
-
-class OutputFile(BaseModel):
-    """A file an execution produced, downloaded (or not, with the reason)."""
-
-    name: str
-    description: str = ""
-    mime_type: str = ""
-    url: str
-    path: str | None = None
-    size: int | None = None
-    error: str | None = None
 
 
 class DataMinerResult(BaseModel):
@@ -74,10 +62,6 @@ class DataMinerExecutionFailed(Exception):
         return (type(self), (self.process, self.server_message, self.job_id))
 
 
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "output"
-
-
 def listed_again(entry: ResultEntry, outputs: tuple[OutputValue, ...]) -> bool:
     """Whether a file of DataMiner's result block is a declared output the status document
     already carries. DataMiner lists each declared file output a second time in the block
@@ -114,7 +98,7 @@ async def collect_outputs(client: WPSClient, job_id: str, destination: str | Pat
                              message=status.message)
     if status.state is not JobState.SUCCEEDED:
         return result
-    folder = Path(destination).expanduser() / _safe_name(execution_label(job_id))
+    folder = Path(destination).expanduser() / safe_name(execution_label(job_id))
     wanted: list[tuple[str, ResultFile]] = []
     block: list[ResultEntry] = []
     for output in status.outputs:
@@ -140,7 +124,7 @@ async def collect_outputs(client: WPSClient, job_id: str, destination: str | Pat
         file = OutputFile(name=name, description=item.description, mime_type=item.mime_type,
                           url=client.public_url(item.url))
         try:
-            path = await client.download(item.url, folder / _safe_name(name), max_bytes, timeout)
+            path = await client.download(item.url, folder / safe_name(name), max_bytes, timeout)
             file.path, file.size = str(path), path.stat().st_size
         except Exception as exc:  # one bad file must not lose the others
             file.error = client.scrub(str(exc)) or type(exc).__name__
