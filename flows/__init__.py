@@ -17,6 +17,7 @@ _PUBLIC = {
     "prefect_egi.flows.base": ["egi_flow", "load_block", "load_blocks"],
     "prefect_egi.flows.identity": ["egi_identity", "IdentityReport"],
     "prefect_egi.flows.dataminer": ["dataminer_run"],
+    "prefect_egi.flows.ccp": ["ccp_run"],
     "prefect_egi.flows.dirac": ["dirac_batch"],
     "prefect_egi.flows.inventory": ["fedcloud_vm_inventory"],
     "prefect_egi.flows.notebooks": ["notebooks_server"],
@@ -28,6 +29,7 @@ __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see (tests/test_layers.py checks it matches _PUBLIC)
     from prefect_egi.flows.base import egi_flow, load_block, load_blocks
+    from prefect_egi.flows.ccp import ccp_run
     from prefect_egi.flows.dataminer import dataminer_run
     from prefect_egi.flows.dirac import dirac_batch
     from prefect_egi.flows.identity import IdentityReport, egi_identity

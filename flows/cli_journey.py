@@ -31,6 +31,7 @@ FLOWS = {
     "pipeline": ("prefect_egi.flows.pipeline", "egi_pipeline"),
     "identity": ("prefect_egi.flows.identity", "egi_identity"),
     "dataminer": ("prefect_egi.flows.dataminer", "dataminer_run"),
+    "ccp": ("prefect_egi.flows.ccp", "ccp_run"),
     "dirac-batch": ("prefect_egi.flows.dirac", "dirac_batch"),
     "vm-inventory": ("prefect_egi.flows.inventory", "fedcloud_vm_inventory"),
     "notebooks-server": ("prefect_egi.flows.notebooks", "notebooks_server"),

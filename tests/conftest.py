@@ -409,6 +409,16 @@ class CCPPeer:
         response.raise_for_status()
         return response.json()["access_token"]
 
+    def block(self, user: str = "alice", **fields):
+        """A CCP block as a D4Science user saves one: the VRE, a refresh token and its client."""
+        from pydantic import SecretStr
+
+        from prefect_egi.tasks import CCP
+
+        fields.setdefault("refresh_token", SecretStr(self.checkin.login(user)["refresh_token"]))
+        return CCP(url=self.url, context=self.context, issuer=self.checkin.issuer, client_id=self.checkin.client_id,
+                   client_secret=SecretStr(self.checkin.client_secret), use_environment=False, **fields)
+
     def client(self, token: str | None = None, **options):
         """A CCPClient calling the peer with a fixed token (the UMA token of alice by default)."""
         from prefect_egi.tasks.ccp.client import CCPClient

@@ -260,6 +260,6 @@ def test_the_hooks_reach_job_services_through_their_declared_interface():
     from prefect_egi.tasks.blocks import BLOCKS
 
     assert {b.get_block_type_slug() for b in BLOCKS if issubclass(b, JobServiceBlock)} == {
-        "egi-dataminer", "egi-diracx"}
+        "egi-ccp", "egi-dataminer", "egi-diracx"}
     with pytest.raises(TypeError, match="'egi-fedcloud' is not a prefect-egi job service"):
         asyncio.run(JobServiceBlock.from_ledger("egi-fedcloud", "any"))

@@ -66,7 +66,7 @@ def test_every_block_is_known_to_prefect_after_it_loads_the_collections():
             "print(sorted(Block.get_block_class_from_key(b.get_block_type_slug()).__name__ for b in BLOCKS))")
     assert _fresh(code) == str(sorted(b.__name__ for b in BLOCKS))
     assert [b.get_block_type_slug() for b in BLOCKS] == [
-        "egi-checkin-credentials", "egi-dataminer", "egi-diracx", "egi-fedcloud", "egi-notebooks-hub"]
+        "egi-checkin-credentials", "egi-dataminer", "egi-ccp", "egi-diracx", "egi-fedcloud", "egi-notebooks-hub"]
 
 
 def test_import_defines_nothing_until_a_name_is_used():
@@ -78,7 +78,7 @@ def test_import_defines_nothing_until_a_name_is_used():
             "blocks = [n for n, c in inspect.getmembers(t) if Block.is_block_class(c)]; "
             "print(before, blocks, t.run_algorithm.name, "
             "t.DataMiner is sys.modules['prefect_egi.tasks.dataminer.block'].DataMiner)")
-    assert _fresh(code) == ("[] ['CheckinCredentials', 'DataMiner', 'DiracX', 'FedCloud', 'NotebooksHub'] "
+    assert _fresh(code) == ("[] ['CCP', 'CheckinCredentials', 'DataMiner', 'DiracX', 'FedCloud', 'NotebooksHub'] "
                             "dataminer-run True")
 
 
