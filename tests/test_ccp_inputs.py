@@ -172,6 +172,7 @@ def test_sandbox_write_files(write_files):
     missing = problems_of(write_files, {"prefix": "t"})
     assert len(missing) == 1 and missing[0].startswith("input 'count': required, no default")
     assert "an integer" in missing[0] and "1 ≤ value ≤ 20" in missing[0]
+    assert "ccpimage" not in str(problems_of(write_files, {}))  # optional (minOccurs 0)
     assert len(problems_of(write_files, {"cuont": 2, "prefix": " t"})) == 3  # all at once
 
 
@@ -256,13 +257,15 @@ def test_path_and_values_not_json_refused():
     problems = problems_of(d, {"p": Path("/tmp/x.csv"), "when": datetime(2024, 5, 1, tzinfo=timezone.utc),
                                "s": {1, 2}, "nan": float("nan"), "b": b"x", "deep": {"k": [Path("y")]}})
     assert len(problems) == 6
-    assert named(problems, "p")[0].startswith("input 'p': a PosixPath ('/tmp/x.csv') is not accepted")
+    assert named(problems, "p")[0].startswith("input 'p': a pathlib.PosixPath ('/tmp/x.csv') is not accepted")
     assert "link" in named(problems, "p")[0]
     assert "a datetime is not JSON" in named(problems, "when")[0] and "2024-05-01T00:00:00+00:00" in named(problems, "when")[0]
     assert "a set is not JSON" in named(problems, "s")[0]
     assert "not a JSON number" in named(problems, "nan")[0]
     assert "bytes are not JSON" in named(problems, "b")[0]
-    assert named(problems, "deep")[0].startswith("input 'deep'.k[0]: a PosixPath")
+    assert named(problems, "deep")[0].startswith("input 'deep'.k[0]: a pathlib.PosixPath")
+    typed = described({"p": {"schema": {"type": "string"}}})
+    assert len(problems_of(typed, {"p": Path("x")})) == 1  # not also "expected a string"
 
 
 def test_remote_ref_skipped_without_network(monkeypatch):
@@ -294,6 +297,9 @@ def test_long_value_truncated_in_message():
     assert problems_of(d, {"mode": "fast"}) == ["input 'mode': 'fast' is not one of 'a', 'b'"]
     long_list = problems_of(d, {"mode": list(range(10_000))})
     assert len(long_list[0]) < 320
+    many = described({"mode": {"schema": {"enum": [f"mode-{n}" for n in range(1000)]}}})
+    problems = problems_of(many, {"mode": "fast"})
+    assert len(problems[0]) < 400 and problems[0].endswith(", … (1000 in all)")
 
 
 def test_error_pickles_and_is_a_ccp_value_error():

@@ -99,6 +99,13 @@ def shown(value: Any) -> str:
     return text if len(text) <= SHOWN else text[:SHOWN] + "…"
 
 
+def _listed(values: Any, quoted: bool = True, most: int = 20) -> str:
+    """'a', 'b', 'c' — at most `most` of them, each shown short."""
+    values = list(values)
+    text = ", ".join(shown(v) if quoted else str(v)[:SHOWN] for v in values[:most])
+    return text + (f", … ({len(values)} in all)" if len(values) > most else "")
+
+
 def _what(value: Any) -> str:
     """'the string '3'', 'the integer 3', 'a list of 2 items'…"""
     if value is None:
@@ -152,7 +159,7 @@ def _number(value: Any) -> bool:
 
 def _not_json(value: Any) -> str:
     if isinstance(value, PurePath):
-        return (f"a {type(value).__name__} ({shown(str(value))}) is not accepted: the server cannot read "
+        return (f"a pathlib.{type(value).__name__} ({shown(str(value))}) is not accepted: the server cannot read "
                 f"this machine's files — upload the file and give a link {{'href': 'https://…'}}, "
                 f"or send its contents")
     if isinstance(value, (datetime, date, time)):
@@ -321,7 +328,7 @@ def _message(error: ValidationError) -> str:
         allowed = _range(sub)
         return f"{shown(value)} is {words} {expected}" + (f" ({allowed})" if allowed else "")
     if keyword == "enum":
-        return f"{shown(value)} is not one of {', '.join(shown(v) for v in expected)}"
+        return f"{shown(value)} is not one of {_listed(expected)}"
     if keyword == "const":
         return f"{shown(value)} is not {shown(expected)} (the only value allowed)"
     if keyword == "pattern":
@@ -345,8 +352,8 @@ def _message(error: ValidationError) -> str:
     if keyword in ("additionalProperties", "unevaluatedProperties"):
         known = sorted(sub.get("properties") or ())
         extra = [k for k in value if k not in known] if isinstance(value, dict) else []
-        return (f"unexpected member{'s' if len(extra) > 1 else ''} {', '.join(map(shown, extra))}"
-                + (f" (allowed: {', '.join(known)})" if known else ""))
+        return (f"unexpected member{'s' if len(extra) > 1 else ''} {_listed(extra)}"
+                + (f" (allowed: {_listed(known, quoted=False)})" if known else ""))
     if keyword == "uniqueItems":
         return f"{_what(value)} has repeated items (they must be unique)"
     if keyword in ("anyOf", "oneOf"):
@@ -418,9 +425,10 @@ def check_inputs(description: ProcessDescription, inputs: Mapping[str, Any]) -> 
             if parameter.required and not (isinstance(parameter.schema, Mapping) and "default" in parameter.schema):
                 problems.append(f"{where}: required, no default — give {_summary(parameter)}")
             continue
-        value = _to_json(inputs[name], where, problems)
-        checked[name] = value
-        problems.extend(_check(parameter, value, where))
+        before = len(problems)
+        value = checked[name] = _to_json(inputs[name], where, problems)
+        if len(problems) == before:  # what cannot be sent is not checked further
+            problems.extend(_check(parameter, value, where))
     if problems:
         raise CCPInputError(description.id, problems)
     return {name: checked[name] for name in inputs if name in checked}
@@ -433,12 +441,13 @@ def _summary(parameter: Parameter) -> str:
         if "type" in schema:
             parts.append(_expected(schema["type"]))
         if isinstance(schema.get("enum"), list):
-            parts.append("one of " + ", ".join(shown(v) for v in schema["enum"]))
+            parts.append("one of " + _listed(schema["enum"]))
         if _range(schema):
             parts.append(_range(schema))
     what = ", ".join(parts) or "a value"
     if parameter.min_occurs > 1:
-        what += f" ({parameter.min_occurs} to {parameter.max_occurs or 'any number of'} values)"
+        most = f"to {parameter.max_occurs}" if parameter.max_occurs else "or more"
+        what += f" ({parameter.min_occurs} {most} values, as a list)"
     return what
 
 
@@ -454,6 +463,7 @@ def _occurrences(parameter: Parameter, value: Any) -> list[Any] | None:
 
 
 def _check(parameter: Parameter, value: Any, where: str) -> list[str]:
+    schema = normalise(parameter.schema) if isinstance(parameter.schema, Mapping) else {}
     items = _occurrences(parameter, value)
     problems: list[str] = []
     if items is not None:
@@ -465,19 +475,19 @@ def _check(parameter: Parameter, value: Any, where: str) -> list[str]:
             problems.append(f"{where}: {count} values given, at most {parameter.max_occurs} allowed "
                             f"(maxOccurs {parameter.max_occurs})")
         for n, item in enumerate(items):
-            problems.extend(_check_one(parameter, item, f"{where}[{n}]"))
+            problems.extend(_check_one(parameter, schema, item, f"{where}[{n}]"))
         return problems
     if parameter.min_occurs > 1:
         problems.append(f"{where}: 1 value given, at least {parameter.min_occurs} needed "
                         f"(minOccurs {parameter.min_occurs}; give a list)")
-    found = _check_one(parameter, value, where)
+    found = _check_one(parameter, schema, value, where)
     if found and parameter.max_occurs == 1 and isinstance(value, list):
         found = [problem + " (this input takes one value: maxOccurs 1)" if problem.startswith(f"{where}: expected")
                  else problem for problem in found]
     return problems + found
 
 
-def _check_one(parameter: Parameter, value: Any, where: str) -> list[str]:
+def _check_one(parameter: Parameter, schema: Mapping[str, Any], value: Any, where: str) -> list[str]:
     if isinstance(value, dict) and "href" in value and set(value) <= LINK_KEYS:
         href = value["href"]
         parts = urlsplit(href) if isinstance(href, str) else None
@@ -485,7 +495,6 @@ def _check_one(parameter: Parameter, value: Any, where: str) -> list[str]:
             return [f"{where}: the link's href {shown(href)} is not an http(s) URL — the server fetches "
                     f"it: upload the file and link its https:// URL"]
         return []
-    schema = normalise(parameter.schema) if isinstance(parameter.schema, Mapping) else {}
     if isinstance(value, dict) and "value" in value and set(value) <= QUALIFIED_KEYS:
         return _check_qualified(parameter.schema, schema, value, where)
     return _check_schema(schema, value, where)
