@@ -297,6 +297,8 @@ def test_long_value_truncated_in_message():
     assert problems_of(d, {"mode": "fast"}) == ["input 'mode': 'fast' is not one of 'a', 'b'"]
     long_list = problems_of(d, {"mode": list(range(10_000))})
     assert len(long_list[0]) < 320
+    huge = problems_of(d, {"mode": 10 ** 5000})  # repr() and json.dumps() of it raise
+    assert huge == ["input 'mode': an integer of about 5000 digits is too long to be written as JSON text"]
     many = described({"mode": {"schema": {"enum": [f"mode-{n}" for n in range(1000)]}}})
     problems = problems_of(many, {"mode": "fast"})
     assert len(problems[0]) < 400 and problems[0].endswith(", … (1000 in all)")

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import itertools
 import math
 import re
 import reprlib
@@ -95,6 +96,8 @@ def shown(value: Any) -> str:
     """A value as a message shows it: its repr, at most `SHOWN` characters of it."""
     if isinstance(value, str) and len(value) > SHOWN:
         return repr(value[:SHOWN]) + f"… ({len(value)} characters)"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 600:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"  # repr would refuse or flood
     text = _repr.repr(value) if isinstance(value, (list, dict, tuple, set, frozenset)) else repr(value)
     return text if len(text) <= SHOWN else text[:SHOWN] + "…"
 
@@ -121,7 +124,7 @@ def _what(value: Any) -> str:
     if isinstance(value, list):
         return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
     if isinstance(value, dict):
-        keys = ", ".join(shown(k) for k in list(value)[:8]) + (", …" if len(value) > 8 else "")
+        keys = ", ".join(shown(k) for k in itertools.islice(value, 8)) + (", …" if len(value) > 8 else "")
         return f"an object with keys {keys}" if value else "an empty object"
     return f"a {type(value).__name__}"
 
@@ -176,6 +179,12 @@ def _not_json(value: Any) -> str:
 def _to_json(value: Any, where: str, problems: list[str]) -> Any:
     """The value as it will be sent (tuples as lists, mappings as dicts); what is not JSON is
     a problem (`where` names the place)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4000:
+        try:
+            str(value)
+        except ValueError:  # Python's int → text limit (sys.get_int_max_str_digits): json.dumps refuses too
+            problems.append(f"{where}: {shown(value)} is too long to be written as JSON text")
+            return value
     if value is None or isinstance(value, (str, bool, int)):
         return value
     if isinstance(value, float):
