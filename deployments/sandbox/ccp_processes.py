@@ -3,10 +3,20 @@
 Each answers as a CCP method does where pygeoapi alone would not:
 
 - `ccp-write-files`: writes files (as a CCP method writes under `/ccp_data`) and returns,
-  as CCP does, an `output.zip` of them by reference, beside literal results;
-- `ccp-progress`: reports progress (`progress`, `message`) step by step;
-- `ccp-fail`: fails with the message a method prints before exiting non-zero;
-- `ccp-sleep`: runs until its time is up or it is dismissed (cancelled).
+  as CCP does, an `output.zip` of them by reference, beside literal results; prints each
+  file it writes;
+- `ccp-progress`: reports progress (`progress`, `message`) step by step, printing a line
+  per step;
+- `ccp-fail`: prints a traceback to stderr, then fails with its message, as a method
+  exiting non-zero;
+- `ccp-sleep`: prints a start line and runs until its time is up or it is dismissed
+  (cancelled), printing that it stops.
+
+Each execution's stdout and stderr are written as they would come out of a method's
+container: line by line, while it runs, appended to `<storage>/<job id>/outputs/stdout.log`
+and `stderr.log` (`Console`; the layout of an execution in CCP's documentation,
+05_advanced_topics/02_execution_engine/01_execution_lifecycle: `outputs/stdout.log /
+stderr.log`). The front serves them (`ccp_peer.py`).
 
 pygeoapi (0.21 and 0.23) leaves a job `accepted` until `execute()` returns — it never
 records `running` — and has no progress API for a process: the methods update their job
@@ -67,6 +77,35 @@ class JobRecord:
         return (Path(os.environ["CCP_PEER_STORAGE_DIR"]) / "dismissed" / self.job_id).exists()
 
 
+class Console:
+    """A method's stdout and stderr: appended a line at a time (flushed at once), so a reader
+    sees them grow while the method runs."""
+
+    STREAMS = ("stdout", "stderr")
+
+    def __init__(self, job_id: str):
+        self.folder = log_folder(job_id)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stream in self.STREAMS:
+            (self.folder / f"{stream}.log").touch()
+
+    def _write(self, stream: str, text: str) -> None:
+        with open(self.folder / f"{stream}.log", "a", encoding="utf-8") as out:
+            out.write(text if text.endswith("\n") else text + "\n")
+            out.flush()
+
+    def out(self, text: str) -> None:
+        self._write("stdout", text)
+
+    def err(self, text: str) -> None:
+        self._write("stderr", text)
+
+
+def log_folder(job_id: str) -> Path:
+    """Where a job's stdout.log and stderr.log are kept."""
+    return Path(os.environ["CCP_PEER_STORAGE_DIR"]) / job_id / "outputs"
+
+
 class CCPMethod(BaseProcessor):
     """The methods' common part: their job's record, as CCP keeps one per execution."""
 
@@ -82,6 +121,9 @@ class CCPMethod(BaseProcessor):
     def record(self) -> JobRecord:
         return JobRecord(str(self.job_id))
 
+    def console(self) -> Console:
+        return Console(str(self.job_id))
+
 
 class WriteFiles(CCPMethod):
     METADATA = _metadata(
@@ -94,9 +136,10 @@ class WriteFiles(CCPMethod):
          "rows": {"title": "Rows written in all", "schema": {"type": "integer"}}})
 
     def execute(self, data: dict[str, Any], outputs: Any = None) -> tuple[str, Any]:
-        record = self.record()
+        record, console = self.record(), self.console()
         record.running("writing files", 10)
         count, prefix = int(data.get("count", 1)), str(data.get("prefix") or "table")
+        console.out(f"writing {count} files with prefix {prefix}")
         folder = Path(os.environ["CCP_PEER_STORAGE_DIR"]) / str(self.job_id)
         folder.mkdir(parents=True, exist_ok=True)
         names = [f"{prefix}_{n}.csv" for n in range(1, count + 1)]
@@ -104,8 +147,10 @@ class WriteFiles(CCPMethod):
         with zipfile.ZipFile(archive, "w") as zipped:
             for n, name in enumerate(names, start=1):
                 zipped.writestr(f"ccp_data/{name}", "".join(f"{n},{row},{n * row}\n" for row in range(n)))
+                console.out(f"wrote /ccp_data/{name} ({n} rows)")
             zipped.writestr("ccp_data/logs/method.log", f"wrote {count} files\n")
         (folder / "output.zip").write_bytes(archive.getvalue())
+        console.out(f"output.zip: {count} files")
         url = f"{os.environ['CCP_PEER_STORAGE_URL']}/{self.job_id}/output.zip"
         return "application/json", {
             "output": {"href": url, "type": "application/zip", "rel": "related", "title": "output.zip"},
@@ -123,11 +168,13 @@ class Progress(CCPMethod):
         {"steps": {"title": "Steps done", "schema": {"type": "integer"}}})
 
     def execute(self, data: dict[str, Any], outputs: Any = None) -> tuple[str, Any]:
-        record = self.record()
+        record, console = self.record(), self.console()
         steps, seconds = int(data.get("steps", 4)), float(data.get("seconds", 0.5))
         for step in range(steps):
+            console.out(f"step {step + 1}/{steps}")  # printed before the status says so
             record.running(f"step {step + 1}/{steps}", int(100 * step / steps))
             time.sleep(seconds)
+        console.out(f"done: {steps} steps")
         return "application/json", {"steps": {"value": steps, "mediaType": "application/json"}}
 
 
@@ -138,8 +185,17 @@ class Fail(CCPMethod):
         {"never": {"title": "Never produced", "schema": {"type": "string"}}})
 
     def execute(self, data: dict[str, Any], outputs: Any = None) -> tuple[str, Any]:
+        console = self.console()
+        message = str(data.get("message") or "the method failed")
+        console.out("starting")
         self.record().running("starting", 5)
-        raise ProcessorExecuteError(str(data.get("message") or "the method failed"))
+        console.err("Traceback (most recent call last):\n"
+                    '  File "/ccp_data/method.py", line 12, in <module>\n'
+                    "    main()\n"
+                    '  File "/ccp_data/method.py", line 8, in main\n'
+                    "    raise RuntimeError(message)\n"
+                    f"RuntimeError: {message}")
+        raise ProcessorExecuteError(message)
 
 
 class Sleep(CCPMethod):
@@ -149,14 +205,17 @@ class Sleep(CCPMethod):
         {"slept": {"title": "Seconds slept", "schema": {"type": "number"}}})
 
     def execute(self, data: dict[str, Any], outputs: Any = None) -> tuple[str, Any]:
-        record = self.record()
+        record, console = self.record(), self.console()
         seconds = float(data.get("seconds", 60))
         started = time.monotonic()
+        console.out(f"sleeping for {seconds:g} seconds")
         record.running("sleeping", 1)
         while time.monotonic() - started < seconds:
             if record.dismissed:
+                console.out("dismissed: stopping")
                 raise ProcessorExecuteError("dismissed")
             time.sleep(0.05)
+        console.out(f"slept {seconds:g} seconds")
         return "application/json", {"slept": seconds}
 
 
