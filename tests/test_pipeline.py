@@ -1,5 +1,6 @@
 """`egi-pipeline` end to end against the local peers: Check-in → DataMiner → DIRAC →
-DataMiner → FedCloud → report; a retried run skips its finished stages."""
+DataMiner → FedCloud → report; a retried run skips its finished stages; the algorithm
+stages on CCP instead (pygeoapi behind the D4Science-like front), with no DataMiner block."""
 
 from __future__ import annotations
 
@@ -28,6 +29,22 @@ def blocks(prefect_db, checkin, dataminer, diracx, openstack) -> dict[str, str]:
              ).save(f"fc-{suffix}", overwrite=True)
     return {"checkin_block": f"checkin-{suffix}", "dataminer_block": f"dm-{suffix}",
             "diracx_block": f"dx-{suffix}", "fedcloud_block": f"fc-{suffix}"}
+
+
+@pytest.fixture
+def ccp_blocks(prefect_db, checkin, ccp, diracx) -> dict[str, str]:
+    """The blocks of a CCP-mode run without VMs: Check-in, CCP, DiracX — and a DataMiner block
+    name that exists nowhere (a CCP-mode run must not load one)."""
+    suffix = uuid.uuid4().hex[:8]
+    checkin.credentials().save(f"checkin-{suffix}", overwrite=True)
+    ccp.block().save(f"ccp-{suffix}", overwrite=True)
+    diracx.block().save(f"dx-{suffix}", overwrite=True)
+    return {"checkin_block": f"checkin-{suffix}", "ccp_block": f"ccp-{suffix}", "diracx_block": f"dx-{suffix}",
+            "dataminer_block": f"no-dataminer-{suffix}", "algorithms": "ccp", "vms": False}
+
+
+CCP_ITEMS = WorkItems(process="ccp-grid-splitter", inputs={"items": 3, "prefix": "ccp"})
+CCP_SUMMARY = Summary(process="ccp-csv-summary")
 
 
 def grid_jobs(group: str) -> GridJobs:
@@ -123,17 +140,24 @@ def test_a_retried_pipeline_run_skips_the_stages_it_finished(blocks, dataminer, 
 
 
 def test_missing_blocks_are_named_before_anything_runs(prefect_db, dataminer):
-    state = egi_pipeline(dataminer_block="nope", return_state=True)
+    state = egi_pipeline(dataminer_block="nope", ccp_block="nope-too", return_state=True)
     assert state.is_failed()
     assert "dataminer_block: there is no D4Science DataMiner block named 'nope'" in state.message
+    assert "ccp_block" not in state.message  # the DataMiner mode needs no CCP block
     assert not dataminer.stats().get("post-execute")
 
 
 def test_the_pipeline_parameters_render_as_a_form():
     schema = egi_pipeline.parameters.model_dump()
     properties = schema["properties"]
-    assert {"work_items", "grid", "summary", "vms", "vo", "destination"} <= set(properties)
-    assert "The DataMiner algorithm that lists the work items" in properties["work_items"]["description"]
+    assert {"work_items", "grid", "summary", "vms", "vo", "destination", "algorithms", "ccp_block"} <= set(properties)
+    assert "The DataMiner algorithm or CCP method that lists the work items" in properties["work_items"]["description"]
+    # a dropdown of the two services, DataMiner by default; the CCP block's name a plain text field
+    assert properties["algorithms"]["enum"] == ["dataminer", "ccp"] and properties["algorithms"]["default"] == "dataminer"
+    assert properties["algorithms"]["type"] == "string" and "D4Science CCP" in properties["algorithms"]["description"]
+    assert properties["ccp_block"] == {"default": "ccp", "description": "Name of the D4Science CCP block (algorithms = ccp).",
+                                       "position": properties["ccp_block"]["position"], "title": "ccp_block",
+                                       "type": "string"}
     definitions = schema["definitions"]
     assert {"WorkItems", "GridJobs", "Summary", "DiracJob"} <= set(definitions)
     assert definitions["GridJobs"]["properties"]["max_resubmissions"]["maximum"] == 10
@@ -155,3 +179,87 @@ def test_the_results_table_leaves_out_a_job_whose_sandbox_was_not_fetched_whole(
                                                  error="DiracX refused it (HTTP 403: Invalid PFN)")])
     table = _results_table(["a", "b"], report, tmp_path / "table.csv").read_text().splitlines()
     assert table == ["item_index,job_id,output_bytes", "0,7,5"]
+
+
+def test_the_pipeline_runs_its_algorithms_on_ccp(ccp_blocks, ccp, diracx, tmp_path):
+    """Work items from the CSV the CCP method wrote into output.zip (the first CSV: no
+    `work_items.output`), one DIRAC job each, the grid table sent to the summary method as a
+    string value: its totals are those of the grid's jobs. No DataMiner block exists."""
+    from pathlib import Path
+
+    from prefect_egi.sandbox.dirac_pilot import BatchPilot
+    from prefect_egi.tasks import CCPResult
+
+    group = f"ccp-{uuid.uuid4().hex[:6]}"
+    jobs_before = diracx.job_count()
+    pilot = BatchPilot(diracx.pilot, group, tmp_path / "pilot").start()
+    try:
+        state = egi_pipeline(work_items=CCP_ITEMS, summary=CCP_SUMMARY, grid=grid_jobs(group),
+                             destination=str(tmp_path / "out"), return_state=True, **ccp_blocks)
+    finally:
+        pilot.stop()
+    assert state.is_completed(), state.message
+    report = state.result()
+    listed = report.work_items.execution
+    assert isinstance(listed, CCPResult) and listed.process == "ccp-grid-splitter"
+    assert "ccp_data/work_items.csv" in listed.unpacked
+    assert report.work_items.items == ["ccp-000", "ccp-001", "ccp-002"]
+    assert (report.grid.submitted, report.grid.succeeded) == (3, 3) and diracx.job_count() == jobs_before + 3
+
+    summary = report.summary
+    assert isinstance(summary, CCPResult) and summary.process == "ccp-csv-summary"
+    output_bytes = sum(f.stat().st_size for o in report.grid.outputs for f in Path(o.path).rglob("*") if f.is_file())
+    assert summary.values["rows"] == 3
+    assert summary.values["totals"] == {"item_index": 0 + 1 + 2, "job_id": sum(report.grid.jobs),
+                                        "output_bytes": output_bytes}
+    written = Path(summary.folder) / "ccp_data" / "summary.csv"
+    assert written.read_text().splitlines()[0] == "column,count,sum" and f"job_id,3,{sum(report.grid.jobs)}" in \
+        written.read_text()
+    assert ccp.stats().get("execute") == 2
+
+    text = artifacts_of(state.state_details.flow_run_id)["egi-pipeline"].data
+    assert f"| work items | 3 from CCP ccp-grid-splitter | <{listed.status_url}> |" in text
+    assert (f"| summary | CCP ccp-csv-summary: 1 file(s), rows = `3`, totals = `{summary.values['totals']}` "
+            f"| <{summary.status_url}> |") in text
+    assert "`ccp_data/work_items.csv` → " in text and "| ccp-002 |" in text and "DataMiner" not in text
+
+
+def test_a_csv_the_ccp_method_did_not_write_is_a_clear_error(ccp_blocks, ccp, diracx, tmp_path):
+    """`work_items.output` names no CSV the method produced: the error names the parameter and
+    lists what the method did produce; no grid job is submitted."""
+    jobs_before = diracx.job_count()
+    state = egi_pipeline(work_items=CCP_ITEMS.model_copy(update={"output": "items.csv"}), summary=None,
+                         grid=grid_jobs("never"), destination=str(tmp_path / "out"), return_state=True,
+                         **ccp_blocks)
+    assert state.is_failed()
+    assert ("work_items.output: CCP ccp-grid-splitter produced no CSV named 'items.csv'; "
+            "its files: ['ccp_data/work_items.csv']; its value outputs (a list or CSV text): "
+            "['items']") in state.message
+    assert ccp.stats().get("execute") == 1 and diracx.job_count() == jobs_before
+
+
+def test_a_ccp_mode_run_names_a_missing_ccp_block_and_no_dataminer_block(prefect_db, ccp, dataminer):
+    state = egi_pipeline(algorithms="ccp", ccp_block="nope", dataminer_block="nope-too", return_state=True)
+    assert state.is_failed()
+    assert "ccp_block: there is no D4Science CCP block named 'nope'" in state.message
+    assert "dataminer_block" not in state.message
+    assert not ccp.stats().get("execute") and not dataminer.stats().get("post-execute")
+
+
+def test_work_items_from_a_ccp_value_output_a_list_or_csv_text():
+    from prefect_egi.flows.pipeline import _items_from
+    from prefect_egi.tasks import CCPResult
+
+    result = CCPResult(process="m", job_id="j", status_url="http://ccp/jobs/j", state="succeeded",
+                       values={"names": ["a", "b"], "rows": [{"item": "x"}, {"item": "y"}],
+                               "table": "item,start\nc,0\nd,1\n", "count": 2})
+    assert _items_from(result, "names", "item") == ["a", "b"]
+    assert _items_from(result, "rows", "item") == ["x", "y"]
+    assert _items_from(result, "table", "item") == ["c", "d"]
+    with pytest.raises(ValueError, match="the value output 'count' of CCP m is a int, neither a list nor CSV"):
+        _items_from(result, "count", "item")
+    with pytest.raises(ValueError, match=r"work_items.column: table has no column 'cell'; it has \['item', 'start'\]"):
+        _items_from(result, "table", "cell")
+    with pytest.raises(ValueError, match=r"produced no CSV; its files: \[\]; its value outputs .*\['names', 'rows', "
+                                         r"'table'\]"):
+        _items_from(result, None, "item")

@@ -10,7 +10,14 @@ Each answers as a CCP method does where pygeoapi alone would not:
 - `ccp-fail`: prints a traceback to stderr, then fails with its message, as a method
   exiting non-zero;
 - `ccp-sleep`: prints a start line and runs until its time is up or it is dismissed
-  (cancelled), printing that it stops.
+  (cancelled), printing that it stops;
+- `ccp-grid-splitter`: splits a range into `items` work items, as DataMiner's GRID_SPLITTER
+  (`dataminer_processes.py`) does: a CSV `work_items.csv` (item, start, end) in `output.zip`,
+  the items' names as a value too (`items`, a list) and their number (`count`);
+- `ccp-csv-summary`: sums every numeric column of a CSV table given as a string input
+  (`table`: CCP inputs are JSON values, a local file cannot be referenced), as DataMiner's
+  CSV_SUMMARY does: `summary.csv` (column, count, sum) in `output.zip`, the row count
+  (`rows`) and the totals (`totals`, column → sum) as values.
 
 Each execution's stdout and stderr are written as they would come out of a method's
 container: line by line, while it runs, appended to `<storage>/<job id>/outputs/stdout.log`
@@ -30,6 +37,7 @@ Configuration comes from the peer's environment: `CCP_PEER_JOBS_DB` (the TinyDB 
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import time
@@ -219,4 +227,89 @@ class Sleep(CCPMethod):
         return "application/json", {"slept": seconds}
 
 
-PROCESSORS = {cls.METADATA["id"]: cls for cls in (WriteFiles, Progress, Fail, Sleep)}
+def _zip_result(job_id: str, files: dict[str, str]) -> dict[str, Any]:
+    """`files` (name under /ccp_data → text) as the job's output.zip, and its reference."""
+    folder = Path(os.environ["CCP_PEER_STORAGE_DIR"]) / job_id
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for name, text in files.items():
+            zipped.writestr(f"ccp_data/{name}", text)
+    (folder / "output.zip").write_bytes(archive.getvalue())
+    url = f"{os.environ['CCP_PEER_STORAGE_URL']}/{job_id}/output.zip"
+    return {"href": url, "type": "application/zip", "rel": "related", "title": "output.zip"}
+
+
+class GridSplitter(CCPMethod):
+    METADATA = _metadata(
+        "ccp-grid-splitter", "Grid splitter",
+        "Splits a range into `items` work items, one row each (item, start, end), in work_items.csv",
+        {"items": _input("How many work items", {"type": "integer", "minimum": 1, "maximum": 1000}),
+         "span": _input("The range split", {"type": "number", "exclusiveMinimum": 0}, 0),
+         "prefix": _input("Item name prefix", {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}, 0),
+         "ccpimage": CCP_IMAGE},
+        {"output": {"title": "output.zip", "schema": {"type": "string", "contentMediaType": "application/zip"}},
+         "items": {"title": "The work items", "schema": {"type": "array", "items": {"type": "string"}}},
+         "count": {"title": "How many", "schema": {"type": "integer"}}})
+
+    def execute(self, data: dict[str, Any], outputs: Any = None) -> tuple[str, Any]:
+        record, console = self.record(), self.console()
+        items, span = int(data["items"]), float(data.get("span", 100.0))
+        prefix = str(data.get("prefix") or "item")
+        console.out(f"splitting {span:g} into {items} work items")
+        record.running("splitting", 10)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["item", "start", "end"])
+        names = [f"{prefix}-{index:03d}" for index in range(items)]
+        for index, name in enumerate(names):
+            writer.writerow([name, f"{span * index / items:g}", f"{span * (index + 1) / items:g}"])
+        output = _zip_result(str(self.job_id), {"work_items.csv": out.getvalue()})
+        console.out(f"wrote /ccp_data/work_items.csv ({items} rows)")
+        return "application/json", {"output": output, "items": names, "count": items}
+
+
+def _numbers(rows: list[list[str]], index: int) -> list[float] | None:
+    """The column's values as numbers, or None when it is not a numeric column."""
+    try:
+        return [float(row[index]) for row in rows if index < len(row) and row[index].strip()]
+    except ValueError:
+        return None
+
+
+class CSVSummary(CCPMethod):
+    METADATA = _metadata(
+        "ccp-csv-summary", "CSV summary",
+        "Sums every numeric column of a CSV table (given as text) into summary.csv",
+        {"table": _input("The CSV table, as text (a header row first)", {"type": "string", "minLength": 1}),
+         "ccpimage": CCP_IMAGE},
+        {"output": {"title": "output.zip", "schema": {"type": "string", "contentMediaType": "application/zip"}},
+         "rows": {"title": "Rows read", "schema": {"type": "integer"}},
+         "totals": {"title": "Sum of each numeric column",
+                    "schema": {"type": "object", "additionalProperties": {"type": "number"}}}})
+
+    def execute(self, data: dict[str, Any], outputs: Any = None) -> tuple[str, Any]:
+        record, console = self.record(), self.console()
+        rows = [row for row in csv.reader(io.StringIO(str(data["table"]))) if row]
+        if not rows:
+            console.err("the table is empty: no header row")
+            raise ProcessorExecuteError("the table is empty: no header row")
+        header, body = rows[0], rows[1:]
+        console.out(f"read {len(body)} rows, {len(header)} columns")
+        record.running("summing", 50)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["column", "count", "sum"])
+        totals: dict[str, float] = {}
+        for index, name in enumerate(header):
+            values = _numbers(body, index)
+            if values is not None:
+                total = sum(values)
+                totals[name] = int(total) if total.is_integer() else total
+                writer.writerow([name, len(values), f"{totals[name]:g}"])
+        output = _zip_result(str(self.job_id), {"summary.csv": out.getvalue()})
+        console.out(f"wrote /ccp_data/summary.csv ({len(totals)} numeric columns)")
+        return "application/json", {"output": output, "rows": len(body), "totals": totals}
+
+
+PROCESSORS = {cls.METADATA["id"]: cls for cls in (WriteFiles, Progress, Fail, Sleep, GridSplitter, CSVSummary)}
