@@ -2,7 +2,8 @@
 
 Starts the sandbox (`prefect_egi.sandbox.stack`), saves blocks pointing at
 it, runs `egi-pipeline` on Prefect's embedded (ephemeral) API, prints what
-happened and the artifacts the UI would show, and stops everything. It runs
+happened and the artifacts the UI would show, runs one D4Science CCP method
+(`ccp-run` of `ccp-write-files`) and prints what it produced, and stops everything. It runs
 in a private PREFECT_HOME so it never touches your own blocks or runs; pass
 `keep` to look at them afterwards (`PREFECT_HOME=<dir> prefect server start`).
 """
@@ -14,7 +15,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 QUIET = {
     "DO_NOT_TRACK": "1",
@@ -50,7 +51,7 @@ def run_demo(home: str | None = None, say: Callable[[str], None] = print, hub: b
         for what, where in describe(info):
             say(f"  {what:<24} {where}")
         save_blocks(info)
-        say(f"Blocks saved: egi-checkin, dataminer, diracx, fedcloud ({time.monotonic() - started:.0f} s).")
+        say(f"Blocks saved: egi-checkin, dataminer, diracx, fedcloud, ccp ({time.monotonic() - started:.0f} s).")
         say("Running the egi-pipeline flow: Check-in → DataMiner → DIRAC → DataMiner → FedCloud …")
         from prefect_egi.flows.pipeline import egi_pipeline
 
@@ -61,12 +62,39 @@ def run_demo(home: str | None = None, say: Callable[[str], None] = print, hub: b
             return {"state": state.name, "home": home}
         report = state.result()
         shown = _show(state.state_details.flow_run_id, say)
-        say(f"Done in {time.monotonic() - started:.0f} s. Outputs under {outputs}.")
-        return {"state": state.name, "home": home, "report": report, "artifacts": shown,
+        ccp = _run_ccp_method(Path(home) / "ccp-outputs", say)
+        if ccp is None:
+            return {"state": "Failed", "home": home, "report": report, "artifacts": shown}
+        say(f"Done in {time.monotonic() - started:.0f} s. Outputs under {outputs} and {Path(home) / 'ccp-outputs'}.")
+        return {"state": state.name, "home": home, "report": report, "artifacts": shown, "ccp": ccp,
                 "seconds": time.monotonic() - started}
     finally:
         sandbox.stop()
         say("Sandbox stopped.")
+
+
+#: the CCP method the demo runs, and its inputs: it writes files, CCP returns them as output.zip
+CCP_METHOD, CCP_INPUTS = "ccp-write-files", {"count": 3, "prefix": "demo"}
+
+
+def _run_ccp_method(destination: Path, say: Callable[[str], None]) -> Any:
+    """Run one CCP method with the `ccp-run` flow; print its values and the files it wrote.
+    Returns its `CCPResult`, or None (said why) when the run did not complete."""
+    from prefect_egi.flows.ccp import ccp_run
+
+    say(f"Running the ccp-run flow: D4Science CCP method {CCP_METHOD} {CCP_INPUTS} …")
+    state = ccp_run(method=CCP_METHOD, inputs=CCP_INPUTS, destination=str(destination), return_state=True)
+    if not state.is_completed():
+        say(f"The ccp-run flow ended {state.name}: {state.message}")
+        return None
+    result = state.result()
+    say(f"  CCP {result.process}: {result.state}, job <{result.status_url}>")
+    for name, value in result.values.items():
+        say(f"  value {name} = {value}")
+    say(f"  {len(result.unpacked)} file(s) unpacked from output.zip into {result.folder}:")
+    for name in result.unpacked:
+        say(f"      {name}")
+    return result
 
 
 def _show(flow_run_id: object, say: Callable[[str], None]) -> list[str]:

@@ -42,11 +42,19 @@ def test_the_demo_runs_the_pipeline_and_cleans_up(tmp_path):
     done = egi_flows("demo", env={"PREFECT_API_URL": "http://127.0.0.1:9/api", "EGI_TEST_MARK": mark}, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    for line in ("Starting the local EGI sandbox", "Blocks saved: egi-checkin, dataminer, diracx, fedcloud",
-                 "# EGI pipeline", "| work items | 5 from DataMiner GRID_SPLITTER |", "DIRAC jobs done",
+    for line in ("Starting the local EGI sandbox", "D4Science CCP", "Blocks saved: egi-checkin, dataminer, diracx, "
+                 "fedcloud, ccp", "# EGI pipeline", "| work items | 5 from DataMiner GRID_SPLITTER |", "DIRAC jobs done",
                  "VM(s) of vo.access.egi.eu on 2/4 site(s)", "Artifacts in the Prefect UI:", "Sandbox stopped."):
         assert line in out, line
     assert "[progress] " in out and " 100 %" in out and "[table] vm-inventory: 6 row(s)" in out
+    # one CCP method, through the D4Science-like front with alice's UMA token for the VRE: its values,
+    # and the files of its output.zip, unpacked
+    assert "Running the ccp-run flow: D4Science CCP method ccp-write-files" in out
+    assert "  CCP ccp-write-files: succeeded, job <http://127.0.0.1:" in out
+    assert "  value files = ['demo_1.csv', 'demo_2.csv', 'demo_3.csv']\n  value rows = 6\n" in out
+    assert "  4 file(s) unpacked from output.zip into " in out
+    for name in ("ccp_data/demo_1.csv", "ccp_data/demo_3.csv", "ccp_data/logs/method.log"):
+        assert f"      {name}\n" in out, name
     assert processes_marked(mark) == set()
 
 

@@ -150,14 +150,16 @@ def test_missing_blocks_are_named_before_anything_runs(prefect_db, dataminer):
 def test_the_pipeline_parameters_render_as_a_form():
     schema = egi_pipeline.parameters.model_dump()
     properties = schema["properties"]
-    assert {"work_items", "grid", "summary", "vms", "vo", "destination", "algorithms", "ccp_block"} <= set(properties)
-    assert "The DataMiner algorithm or CCP method that lists the work items" in properties["work_items"]["description"]
+    assert {"work_items", "grid", "summary", "vms", "vo", "destination", "algorithms", "ccp_block"} <= set(
+        properties)
+    assert "The DataMiner algorithm or CCP method that lists the work items" in properties["work_items"][
+        "description"]
     # a dropdown of the two services, DataMiner by default; the CCP block's name a plain text field
     assert properties["algorithms"]["enum"] == ["dataminer", "ccp"] and properties["algorithms"]["default"] == "dataminer"
     assert properties["algorithms"]["type"] == "string" and "D4Science CCP" in properties["algorithms"]["description"]
-    assert properties["ccp_block"] == {"default": "ccp", "description": "Name of the D4Science CCP block (algorithms = ccp).",
-                                       "position": properties["ccp_block"]["position"], "title": "ccp_block",
-                                       "type": "string"}
+    assert properties["ccp_block"] == {"default": "ccp", "title": "ccp_block", "type": "string",
+                                       "description": "Name of the D4Science CCP block (algorithms = ccp).",
+                                       "position": properties["ccp_block"]["position"]}
     definitions = schema["definitions"]
     assert {"WorkItems", "GridJobs", "Summary", "DiracJob"} <= set(definitions)
     assert definitions["GridJobs"]["properties"]["max_resubmissions"]["maximum"] == 10

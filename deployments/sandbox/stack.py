@@ -4,15 +4,18 @@ One implementation for the demo, `egi-flows sandbox` and anyone who wants to
 try a flow without EGI credentials: the same peer scripts the tests start,
 composed —
 
-- Check-in (our OIDC provider; also DiracX's identity provider),
+- Check-in (our OIDC provider; also DiracX's identity provider, and D4Science's IAM:
+  it grants the UMA token of a VRE to its members),
 - DataMiner (PyWPS), DiracX (+ the test pilot, 20 % of job runs fail),
+- D4Science CCP (pygeoapi behind a D4Science-like front accepting only the UMA token of
+  its VRE; CCP-like methods such as `ccp-write-files`, `ccp-grid-splitter`),
 - three FedCloud sites (healthy; healthy with an old Nova; one without the VO)
   and one that answers 503,
 - the EGI Notebooks hub (JupyterHub behind the token front), unless `hub=False`.
 
 `Sandbox(workdir).start()` starts them (in parallel), `save_blocks()` saves
-`egi-checkin`, `dataminer`, `diracx`, `fedcloud` and `notebooks` in the current
-Prefect API, `stop()` stops every process. `python -m prefect_egi.sandbox.stack
+`egi-checkin`, `dataminer`, `diracx`, `fedcloud`, `ccp` and `notebooks` in the
+current Prefect API, `stop()` stops every process. `python -m prefect_egi.sandbox.stack
 --state FILE` is the supervisor `egi-flows sandbox up` leaves running.
 """
 
@@ -32,7 +35,9 @@ from prefect_egi.sandbox.peers import PeerProcess, start_peer
 
 VO = "vo.access.egi.eu"
 GROUP = "access_user"
-BLOCKS = ("egi-checkin", "dataminer", "diracx", "fedcloud", "notebooks")
+BLOCKS = ("egi-checkin", "dataminer", "diracx", "fedcloud", "ccp", "notebooks")
+#: the user whose logins the blocks hold: a member of VO and of the CCP peer's VRE
+USER = "alice"
 
 
 class Sandbox:
@@ -41,7 +46,7 @@ class Sandbox:
     def __init__(self, workdir: str | Path, hub: bool = True, failure_rate: float = 0.2,
                  peer_args: dict[str, tuple[str, ...]] | None = None):
         """`peer_args`: more options for a peer's script, by peer name (`checkin`, `dataminer`,
-        `diracx`, `openstack`, `notebooks`, `pilot`), given last so they override the defaults,
+        `diracx`, `openstack`, `ccp`, `notebooks`, `pilot`), given last so they override the defaults,
         e.g. `{"pilot": ("--duration", "5")}`."""
         self.workdir = Path(workdir)
         self.hub, self.failure_rate = hub, failure_rate
@@ -64,6 +69,7 @@ class Sandbox:
                 "openstack": ("openstack_peer.py", "--issuer", issuer, "--site", f"CESNET-MCC:healthy:{VO}",
                               "--site", f"IFCA-LCG2:healthy:{VO}", "--site", "BIFI:healthy:vo.other.eu",
                               "--site", "DOWN-SITE:error", "--max-microversion", "IFCA-LCG2=2.1"),
+                "ccp": ("ccp_peer.py", "--issuer", issuer, "--workdir", str(self.workdir / "ccp")),
             }
             if self.hub:
                 starts["notebooks"] = ("notebooks_peer.py", "--issuer", issuer)
@@ -102,13 +108,16 @@ def save_blocks(info: dict[str, Any]) -> dict[str, str]:
     import httpx
     from pydantic import SecretStr
 
-    from prefect_egi.tasks import CheckinCredentials, DataMiner, DiracX, FedCloud, NotebooksHub, Site
+    from prefect_egi.tasks import CCP, CheckinCredentials, DataMiner, DiracX, FedCloud, NotebooksHub, Site
 
     checkin = info["checkin"]
-    login = httpx.post(f"{checkin['url']}/_peer/login", json={"user": "alice"}, timeout=10).json()
+
+    def login() -> dict[str, Any]:  # a login of its own per block: refresh tokens may rotate
+        return httpx.post(f"{checkin['url']}/_peer/login", json={"user": USER}, timeout=10).json()
+
     credentials = CheckinCredentials(issuer=checkin["issuer"], client_id="prefect-egi",
                                      client_secret=SecretStr(checkin["clients"]["prefect-egi"]),
-                                     refresh_token=SecretStr(login["refresh_token"]),
+                                     refresh_token=SecretStr(login()["refresh_token"]),
                                      use_environment=False, token_files=[])
     credentials.save("egi-checkin", overwrite=True)
     credentials = CheckinCredentials.load("egi-checkin")
@@ -122,6 +131,12 @@ def save_blocks(info: dict[str, Any]) -> dict[str, str]:
              ).save("fedcloud", overwrite=True)
     saved = {"egi-checkin": checkin["issuer"], "dataminer": info["dataminer"]["wps_url"], "diracx": diracx["url"],
              "fedcloud": ", ".join(s.name for s in sites)}
+    if "ccp" in info:  # a supervisor's state written before the sandbox had a CCP peer has none
+        ccp = info["ccp"]
+        CCP(url=ccp["api_url"], context=ccp["context"], issuer=checkin["issuer"], client_id="prefect-egi",
+            client_secret=SecretStr(checkin["clients"]["prefect-egi"]),
+            refresh_token=SecretStr(login()["refresh_token"]), use_environment=False).save("ccp", overwrite=True)
+        saved["ccp"] = f"{ccp['api_url']} (VRE {ccp['context']})"
     if "notebooks" in info:
         NotebooksHub(url=info["notebooks"]["api_url"], checkin=credentials).save("notebooks", overwrite=True)
         saved["notebooks"] = info["notebooks"]["api_url"]
@@ -135,6 +150,8 @@ def describe(info: dict[str, Any]) -> list[tuple[str, str]]:
             ("DiracX", info["diracx"]["url"] + f"  (VO {VO}, test pilot running)")]
     rows += [(f"FedCloud site {name}", f"{site['auth_url']}  ({site['mode']})")
              for name, site in info["openstack"]["sites"].items()]
+    if "ccp" in info:
+        rows.append(("D4Science CCP", f"{info['ccp']['api_url']}  (VRE {info['ccp']['context']})"))
     if "notebooks" in info:
         rows.append(("EGI Notebooks API", info["notebooks"]["api_url"]))
     return rows
