@@ -265,3 +265,19 @@ def test_work_items_from_a_ccp_value_output_a_list_or_csv_text():
     with pytest.raises(ValueError, match=r"produced no CSV; its files: \[\]; its value outputs .*\['names', 'rows', "
                                          r"'table'\]"):
         _items_from(result, None, "item")
+
+
+def test_the_ccp_summary_method_takes_the_table_as_text_and_a_table_without_rows(prefect_db, ccp, tmp_path):
+    """The peer's ccp-csv-summary on its own: a CSV string in, summary.csv in output.zip and the
+    totals out; a header without rows (no grid job finished) sums to zero rather than failing."""
+    from prefect_egi.tasks import WatchPolicy, run_ccp_method
+
+    quick = WatchPolicy(first_interval=0.2, max_interval=1.0)
+    result = run_ccp_method(ccp.block(), "ccp-csv-summary", {"table": "a,b,name\n1,2.5,x\n3,4,y\n"},
+                            destination=str(tmp_path), policy=quick)
+    assert result.values == {"rows": 2, "totals": {"a": 4, "b": 6.5}}
+    assert result.unpacked == ["ccp_data/summary.csv"]
+    assert (tmp_path / result.job_id / "ccp_data" / "summary.csv").read_text() == "column,count,sum\na,2,4\nb,2,6.5\n"
+    empty = run_ccp_method(ccp.block(), "ccp-csv-summary", {"table": "item_index,job_id,output_bytes\n"},
+                           destination=str(tmp_path), policy=quick)
+    assert empty.values == {"rows": 0, "totals": {"item_index": 0, "job_id": 0, "output_bytes": 0}}

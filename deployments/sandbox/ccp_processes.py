@@ -304,7 +304,7 @@ class CSVSummary(CCPMethod):
         for index, name in enumerate(header):
             values = _numbers(body, index)
             if values is not None:
-                total = sum(values)
+                total = sum(values, 0.0)
                 totals[name] = int(total) if total.is_integer() else total
                 writer.writerow([name, len(values), f"{totals[name]:g}"])
         output = _zip_result(str(self.job_id), {"summary.csv": out.getvalue()})
