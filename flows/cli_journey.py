@@ -181,7 +181,7 @@ def run_command(
 def demo_command(
     keep: Annotated[bool, typer.Option(help="Keep the demo's Prefect home (runs, artifacts) to look at later.")] = False,
 ) -> None:
-    """Run the whole pipeline against a local EGI sandbox on Prefect's embedded API (about a minute)."""
+    """Run the pipeline and one CCP method against a local EGI sandbox on Prefect's embedded API (under a minute)."""
     import shutil
     import tempfile
 
