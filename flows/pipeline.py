@@ -48,6 +48,7 @@ from pydantic import BaseModel, Field
 from prefect_egi.flows.base import egi_flow, load_blocks
 from prefect_egi.tasks import (
     CCP,
+    CCPNoSuchProcess,
     CCPResult,
     CheckinCredentials,
     DataMiner,
@@ -57,14 +58,15 @@ from prefect_egi.tasks import (
     DiracX,
     FedCloud,
     Inventory,
+    OutputFile,
     WatchPolicy,
     egi_task,
+    list_ccp_methods,
     run_algorithm,
     run_batch,
     run_ccp_method,
     vm_inventory,
 )
-from prefect_egi.tasks.files import OutputFile
 from prefect_egi.tasks.reporting import publish_sync
 
 #: where the algorithm stages run: D4Science DataMiner (WPS) or D4Science CCP (OGC API – Processes)
@@ -249,11 +251,19 @@ def _column(name: str, handle: Any, column: str) -> list[str]:
     return items
 
 
-async def _run(service: DataMiner | CCP, process: str, inputs: dict[str, Any], destination: str) -> Execution:
-    """Run one algorithm on the stage's service: a DataMiner algorithm or a CCP method."""
-    if isinstance(service, CCP):
+async def _run(service: DataMiner | CCP, process: str, inputs: dict[str, Any], destination: str,
+               parameter: str) -> Execution:
+    """Run one algorithm on the stage's service: a DataMiner algorithm or a CCP method. A CCP
+    method that does not exist is named with the `parameter` that gave it, and the VRE's methods
+    (the processes' defaults are DataMiner algorithms)."""
+    if not isinstance(service, CCP):
+        return await run_algorithm(service, process, inputs, destination=destination)
+    try:
         return await run_ccp_method(service, process, inputs, destination)
-    return await run_algorithm(service, process, inputs, destination=destination)
+    except CCPNoSuchProcess:
+        methods = sorted(m.id for m in await list_ccp_methods(service))
+        raise ValueError(f"{parameter}: CCP has no method {process!r} in the VRE {service.context}; "
+                         f"its methods: {methods}") from None
 
 
 def _table_value(service: DataMiner | CCP, table: Path) -> str:
@@ -265,7 +275,7 @@ def _table_value(service: DataMiner | CCP, table: Path) -> str:
 @egi_task(name="pipeline-work-items", **STAGE)
 async def work_items_stage(service: DataMiner | CCP, spec: WorkItems, destination: str) -> WorkItemsResult:
     """Run the algorithm that lists the work items (DataMiner or CCP); read them from its CSV."""
-    result = await _run(service, spec.process, spec.inputs, destination)
+    result = await _run(service, spec.process, spec.inputs, destination, "work_items.process")
     return WorkItemsResult(execution=result, items=_items_from(result, spec.output, spec.column))
 
 
@@ -299,7 +309,8 @@ async def summary_stage(service: DataMiner | CCP, spec: Summary, items: list[str
                         destination: str) -> Execution:
     """Run an algorithm (DataMiner or CCP) over the table of grid results."""
     table = _results_table(items, grid, Path(destination) / "grid-results.csv")
-    return await _run(service, spec.process, {spec.table_input: _table_value(service, table)}, destination)
+    return await _run(service, spec.process, {spec.table_input: _table_value(service, table)}, destination,
+                      "summary.process")
 
 
 @egi_task(name="pipeline-vms", **STAGE)

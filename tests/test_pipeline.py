@@ -240,6 +240,17 @@ def test_a_csv_the_ccp_method_did_not_write_is_a_clear_error(ccp_blocks, ccp, di
     assert ccp.stats().get("execute") == 1 and diracx.job_count() == jobs_before
 
 
+def test_a_dataminer_algorithm_name_in_ccp_mode_names_the_parameter_and_the_vres_methods(ccp_blocks, ccp, tmp_path):
+    """`algorithms=ccp` with the DataMiner defaults (work_items.process = GRID_SPLITTER)."""
+    state = egi_pipeline(summary=None, grid=grid_jobs("never"), destination=str(tmp_path / "out"),
+                         return_state=True, **ccp_blocks)
+    assert state.is_failed()
+    assert (f"work_items.process: CCP has no method 'GRID_SPLITTER' in the VRE {ccp.context}; its methods: "
+            "['ccp-csv-summary', 'ccp-fail', 'ccp-grid-splitter', 'ccp-progress', 'ccp-sleep', 'ccp-write-files']"
+            ) in state.message
+    assert not ccp.stats().get("execute")
+
+
 def test_a_ccp_mode_run_names_a_missing_ccp_block_and_no_dataminer_block(prefect_db, ccp, dataminer):
     state = egi_pipeline(algorithms="ccp", ccp_block="nope", dataminer_block="nope-too", return_state=True)
     assert state.is_failed()
