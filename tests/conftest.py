@@ -416,7 +416,8 @@ class CCPPeer:
         from prefect_egi.tasks import CCP
 
         fields.setdefault("refresh_token", SecretStr(self.checkin.login(user)["refresh_token"]))
-        return CCP(url=self.url, context=self.context, issuer=self.checkin.issuer, client_id=self.checkin.client_id,
+        fields.setdefault("url", self.url)
+        return CCP(context=self.context, issuer=self.checkin.issuer, client_id=self.checkin.client_id,
                    client_secret=SecretStr(self.checkin.client_secret), use_environment=False, **fields)
 
     def client(self, token: str | None = None, **options):

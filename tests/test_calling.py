@@ -158,7 +158,7 @@ def test_every_public_task_is_dual_and_documented():
 
 
 @pytest.fixture
-def services(checkin, dataminer, diracx, openstack, notebooks, tmp_path):
+def services(checkin, dataminer, diracx, openstack, notebooks, ccp, tmp_path):
     """Blocks for every service, and what each public task is called with (and how its result
     is checked). Each task is called three ways per test below."""
     from prefect_egi.sandbox.dirac_pilot import BatchPilot
@@ -174,8 +174,18 @@ def services(checkin, dataminer, diracx, openstack, notebooks, tmp_path):
     echo = public.DiracJob(executable="echo", arguments="%s", parameters=[1], job_group=group)
     fast = public.WatchPolicy(first_interval=0.3, max_interval=1.0, deadline=300)
 
+    cc = ccp.block()
+
     def job_id() -> str:
         return asyncio.run(public.execute_process.fn(dm, "FAST_ECHO", {"text": uuid.uuid4().hex}))
+
+    def ccp_job() -> str:
+        return asyncio.run(public.execute_ccp_method.fn(cc, "ccp-write-files", {"count": 1}))
+
+    def ccp_done_job() -> str:
+        job = ccp_job()
+        asyncio.run(public.wait_for_ccp_jobs.fn(cc, [job], fast))
+        return job
 
     def dirac_ids() -> list[int]:
         from prefect_egi.tasks.dirac.tasks import submit
@@ -193,6 +203,16 @@ def services(checkin, dataminer, diracx, openstack, notebooks, tmp_path):
         "fetch_outputs": (lambda: (dm, wait_then(job_id(), dm), str(tmp_path / "dm")), lambda r: r.literals),
         "run_algorithm": (lambda: (dm, "FAST_ECHO", {"text": "hi", "times": 2}, str(tmp_path / "run"), fast),
                           lambda r: r.literals.get("result", "").startswith("hi hi")),
+        "list_ccp_methods": (lambda: (cc,), lambda r: "ccp-progress" in {m.id for m in r}),
+        "describe_ccp_method": (lambda: (cc, "ccp-progress"), lambda r: "steps" in r.inputs),
+        "execute_ccp_method": (lambda: (cc, "ccp-progress", {"steps": 1, "seconds": 0}),
+                               lambda r: isinstance(r, str) and len(r) > 8),
+        "wait_for_ccp_jobs": (lambda: (cc, [ccp_job()], fast), lambda r: {s.state.value for s in r.values()}
+                              == {"succeeded"}),
+        "collect_ccp_results": (lambda: (cc, ccp_done_job(), str(tmp_path / "ccp")),
+                                lambda r: r.values["rows"] == 1 and r.unpacked),
+        "run_ccp_method": (lambda: (cc, "ccp-write-files", {"count": 2}, str(tmp_path / "ccp-run"), fast),
+                           lambda r: r.values["rows"] == 3 and len(r.unpacked) == 3),
         "submit_jobs": (lambda: (dx, [echo.model_copy(update={"job_name": f"s-{uuid.uuid4().hex[:6]}"})]),
                         lambda r: len(r) == 1),
         "wait_for_jobs": (lambda: (dx, dirac_ids(), fast), lambda r: {s.state.value for s in r.values()}

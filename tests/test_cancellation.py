@@ -146,3 +146,30 @@ def test_cancelling_the_pipeline_from_the_cli_kills_its_grid_jobs(prefect_db, ch
     assert len(statuses) == 3
     (execution,) = [s for s in asyncio.run(ledger.submissions()) if s.service == "dataminer"]
     assert wait_for(lambda: asyncio.run(ledger.cancel_requested(execution.key)), 30, "the WPS execution marked")
+
+
+def test_cancel_from_the_api_dismisses_the_ccp_job(prefect_db, ccp, tmp_path):
+    """`ccp-run` served in another process, cancelled while its method runs: the hook, in
+    yet another process, loads the saved CCP block from the ledger and dismisses the job
+    (`DELETE /jobs/{id}`); the method sees the dismissal and stops."""
+    from prefect_egi.tasks.ccp.client import CCPNoSuchJob
+
+    block_name = f"ccp-cancel-{uuid.uuid4().hex[:6]}"
+    ccp.block().save(block_name, overwrite=True)
+    final, _, submission = cancel_while_running("ccp", "ccp_run", {
+        "method": "ccp-sleep", "inputs": {"seconds": 600}, "ccp_block": block_name,
+        "destination": str(tmp_path)}, tmp_path)
+    (job_id,) = submission.job_ids
+
+    async def dismissed() -> bool:
+        async with ccp.client() as client:
+            try:
+                await client.job(job_id)
+            except CCPNoSuchJob:
+                stopped = await client.read_log(client.job_url(job_id) + "/logs/stdout.log")
+                return "dismissed: stopping" in stopped.text
+        return False
+
+    assert final == StateType.CANCELLED
+    assert wait_for(lambda: asyncio.run(dismissed()), 60, "the job to be dismissed and the method to stop")
+    assert ccp.stats()["execute"] == 1 and ccp.stats()["dismiss"] >= 1

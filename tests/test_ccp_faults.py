@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 
 import pytest
 
@@ -106,3 +107,38 @@ def test_resets_and_503s_on_reads_are_absorbed(through, proxied):
     job, listed = asyncio.run(scenario())
     assert job.job_id in {j.job_id for j in listed}
     assert sum(proxy.stats()["faulted"].values()) == 2
+
+
+def test_ccp_run_completes_through_a_faulty_network_executing_once(prefect_db, proxied, ccp, certificate, tmp_path):
+    """`ccp-run` through the fault proxy: the Execute's answer dropped once (found by its
+    marker, not resent), resets, 503s, black holes and latency on the reads and downloads.
+    The run completes with the right results; pygeoapi executed the method once."""
+    from prefect_egi.flows import ccp_run
+
+    proxy, peer = proxied
+    proxy.reset()
+    peer.control("reset")
+    proxy.set_rules([
+        {"kind": "drop-response", "method": "POST", "path": "/execution$", "requests": [1]},
+        {"kind": "reset", "method": "GET", "path": r"/jobs/[^/]+$", "requests": [1]},
+        {"kind": "error", "status": 503, "method": "GET", "path": r"/processes/", "requests": [1]},
+        {"kind": "error", "status": 502, "method": "GET", "path": r"/results$", "requests": [1]},
+        {"kind": "blackhole", "path": r"/ccp-data/", "requests": [1], "seconds": 1},
+        {"kind": "latency", "method": "GET", "every": 2, "seconds": 0.2},
+    ], seed=5)
+    name = f"ccp-faults-{uuid.uuid4().hex[:6]}"
+    ccp.block(url=proxy.url, ca_bundle=certificate[0], timeout_seconds=30).save(name, overwrite=True)
+    try:
+        state = ccp_run(method="ccp-write-files", inputs={"count": 4}, ccp_block=name,
+                        destination=str(tmp_path / "out"), return_state=True)
+    finally:
+        stats = proxy.stats()
+        proxy.reset()
+    print(f"\nCCP through faults: {stats['requests']} requests, faulted {stats['faulted']}")
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result.values["rows"] == 10 and len(result.unpacked) == 5
+    assert (tmp_path / "out" / result.job_id / "ccp_data" / "table_4.csv").is_file()
+    assert peer.stats()["execute"] == 1  # dropped answer: looked up by its marker, not sent again
+    assert stats["faulted"]["drop-response"] == 1 and stats["faulted"]["error"] == 2
+    assert all(stats["faulted"][kind] for kind in ("reset", "blackhole", "latency")), stats["faulted"]

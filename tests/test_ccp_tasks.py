@@ -196,3 +196,36 @@ def test_a_block_without_a_vre_says_how_to_name_one(prefect_db):
         CCP().vre()
     with pytest.raises(ValueError, match="context"):
         CCP(context="Blue-Cloud2026Lab")
+
+
+def run_logs(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+
+
+def test_what_the_method_prints_reaches_the_runs_log_and_a_failure_names_its_stderr(prefect_db, ccp, tmp_path):
+    """The peer links each job's stdout/stderr (OGC's recommended `[ogc-rel:log]` job links);
+    the wait reads what they gained at each poll and logs every line once, in order."""
+    from prefect.logging.handlers import APILogWorker
+
+    @flow
+    def printing() -> None:
+        run_ccp_method(ccp.block(), "ccp-progress", {"steps": 3, "seconds": 0.2}, destination=str(tmp_path),
+                       policy=QUICK)
+        run_ccp_method(ccp.block(), "ccp-fail", {"message": "the sensor table is empty"},
+                       destination=str(tmp_path), policy=QUICK)
+
+    state = printing(return_state=True)
+    assert state.is_failed()
+    with pytest.raises(CCPMethodFailed) as failed:
+        state.result()
+    assert "last lines of its stderr" in str(failed.value)
+    assert any("RuntimeError: the sensor table is empty" in line for line in failed.value.stderr)
+    APILogWorker.drain_all(timeout=10)
+    logs = run_logs(state.state_details.flow_run_id)
+    printed = [line.split(" stdout: ", 1)[1] for line in logs if " stdout: step" in line]
+    assert printed == ["step 1/3", "step 2/3", "step 3/3"]  # each line once, in order
+    assert any(" stderr: RuntimeError: the sensor table is empty" in line for line in logs)

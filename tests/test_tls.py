@@ -25,6 +25,7 @@ from prefect_egi.tasks import (
     OidcClient,
     Site,
     hub_version,
+    list_ccp_methods,
     list_processes,
     vm_inventory,
 )
@@ -91,6 +92,15 @@ def test_dataminer_over_tls(dataminer, tls_front, certificate):
     processes = _refused_then_accepted(lambda **tls: DataMiner(url=url, gcube_token=SecretStr(dataminer.token), **tls),
                                        lambda block: list_processes.fn(block), certificate, CERTIFICATE)
     assert processes
+
+
+def test_ccp_over_tls(ccp, tls_front, certificate):
+    """CCP behind a TLS front (the IAM, the Check-in peer, stays where it is): refused by
+    default naming the certificate; with the CA bundle, the methods are listed."""
+    url = tls_front(ccp.url)
+    methods = _refused_then_accepted(lambda **tls: ccp.block(url=url, **tls),
+                                     lambda block: list_ccp_methods.fn(block), certificate, CERTIFICATE)
+    assert "ccp-progress" in {m.id for m in methods}
 
 
 def test_diracx_over_tls(diracx, tls_front, certificate):

@@ -11,6 +11,10 @@ server (expired, or dismissed by someone else) and ends failed, naming the job, 
 wait never spins until its deadline on a job that is gone. A 401 makes the engine call
 `renew_credentials`: the VRE's UMA token is dropped and the next request gets a new one.
 
+With `on_log`, each poll of a started job also reads what its stdout/stderr gained
+(`LogFollower`, where the server links the logs), and a failed job's status carries the
+last lines of its stderr (`detail["stderr"]`).
+
 No Prefect imports: this is the service-access layer.
 """
 
@@ -18,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from prefect_egi.tasks.ccp.client import CCPClient, CCPNoSuchJob, JobInfo
+from prefect_egi.tasks.ccp.logs import LogFollower, LogSink
 from prefect_egi.tasks.remote import JobState, JobStatus, RemoteJobAdapter, WatchPolicy
 
 if TYPE_CHECKING:
@@ -38,10 +44,12 @@ class CCPAdapter(RemoteJobAdapter):
     service = "ccp"
     default_policy = CCP_WAIT
 
-    def __init__(self, client: CCPClient, tokens: "TokenProvider | None" = None, concurrency: int = 8):
+    def __init__(self, client: CCPClient, tokens: "TokenProvider | None" = None, concurrency: int = 8,
+                 on_log: LogSink | None = None):
         self.client = client
         self.tokens = tokens
         self._limit = asyncio.Semaphore(concurrency)
+        self.logs = LogFollower(client, on_log) if on_log else None
         self.dismissed: set[str] = set()
         self.last: dict[str, JobInfo] = {}
 
@@ -56,7 +64,12 @@ class CCPAdapter(RemoteJobAdapter):
                                  f"job {job_id} is gone from {self.client.url} (404): the server removed it "
                                  "(expired, or dismissed by someone else)")
         self.last[job_id] = info
-        return info.as_job_status()
+        status = info.as_job_status()
+        if self.logs is not None:
+            await self.logs.follow(info)
+            if info.state is JobState.FAILED and self.logs.tail(job_id):
+                status = replace(status, detail={**status.detail, "stderr": self.logs.tail(job_id)})
+        return status
 
     async def poll(self, job_ids: Sequence[str]) -> Mapping[str, JobStatus]:
         """One `GET /jobs/{id}` per job, concurrently (at most `concurrency` at once)."""

@@ -19,6 +19,7 @@ from prefect_egi.tasks.block_base import JobServiceBlock, ProviderSlot
 from prefect_egi.tasks.ccp.adapter import CCPAdapter
 from prefect_egi.tasks.ccp.client import DEFAULT_CCP_URL, CCPClient
 from prefect_egi.tasks.ccp.identity import check_context, d4science_environment, uma_provider
+from prefect_egi.tasks.ccp.logs import LogSink
 from prefect_egi.tasks.checkin.oidc import OidcClient
 from prefect_egi.tasks.checkin.provider import DEFAULT_MARGIN_SECONDS, TokenProvider
 from prefect_egi.tasks.checkin.sources import ExplicitToken, RefreshTokenSource
@@ -136,6 +137,7 @@ class CCP(JobServiceBlock):
                          verify=self._verify(f"CCP {self.url}"), timeout=self.timeout_seconds,
                          download_hosts=self.download_hosts)
 
-    def job_adapter(self) -> CCPAdapter:
-        """The engine adapter for this endpoint's jobs (a 401 renews the UMA token)."""
-        return CCPAdapter(self.client(), self.provider)
+    def job_adapter(self, on_log: LogSink | None = None) -> CCPAdapter:
+        """The engine adapter for this endpoint's jobs (a 401 renews the UMA token); `on_log`
+        receives each line the jobs print, where CCP links their logs."""
+        return CCPAdapter(self.client(), self.provider, on_log=on_log)

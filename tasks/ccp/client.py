@@ -77,6 +77,7 @@ No Prefect imports: this is the service-access layer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -854,7 +855,19 @@ class CCPClient:
 
         From the service's origin with the credentials; from a host in `download_hosts`
         without them; any other host is refused (a result could name any URL), and so is a
-        redirect to one. Written to a temporary file first: no partial file is left."""
+        redirect to one. Written to a temporary file first: no partial file is left. A
+        transient fault (reset, timeout, 5xx) starts the download again, as the retry
+        policy says for every read."""
+        for attempt in range(self.retry.attempts):
+            try:
+                return await self._download_once(href, destination, max_redirects)
+            except TransientServiceError:
+                if attempt + 1 == self.retry.attempts:
+                    raise
+                await asyncio.sleep(self.retry.delay(attempt))
+        raise AssertionError("unreachable")
+
+    async def _download_once(self, href: str, destination: Path | str, max_redirects: int) -> Path:
         url = self._allowed(urljoin(self.url + "/", href))
         folder = Path(destination)
         folder.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ No Prefect imports: this is the service-access layer.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -64,14 +65,20 @@ class CCPResult(BaseModel):
 
 
 class CCPMethodFailed(Exception):
-    """The method's job failed (or was dismissed); the message is the server's own."""
+    """The method's job failed (or was dismissed); the message is the server's own, followed
+    by the last lines the method wrote to stderr when the server exposes them."""
 
-    def __init__(self, process: str, message: str, job_id: str, state: str = "failed"):
+    def __init__(self, process: str, message: str, job_id: str, state: str = "failed",
+                 stderr: Sequence[str] = ()):
         self.process, self.server_message, self.job_id, self.state = process, message, job_id, state
-        super().__init__(f"CCP method {process} {state}: {message or 'no message given'} (job {job_id})")
+        self.stderr = list(stderr)
+        text = f"CCP method {process} {state}: {message or 'no message given'} (job {job_id})"
+        if self.stderr:
+            text += "\nlast lines of its stderr:\n" + "\n".join(f"  {line}" for line in self.stderr)
+        super().__init__(text)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.process, self.server_message, self.job_id, self.state))
+        return (type(self), (self.process, self.server_message, self.job_id, self.state, self.stderr))
 
 
 def _short(value: Any, limit: int = 200) -> str:

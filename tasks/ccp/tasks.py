@@ -210,7 +210,9 @@ async def wait_for_ccp_jobs(ccp: CCPArg, job_ids: Sequence[str],
     Polls where the reported progress says the job ends — never more status requests than
     a loop polling every 5 s — absorbs 5xx, resets and timeouts, renews the UMA token
     after a 401, and shows a progress artifact, an event per transition and a table of
-    final states in the UI. Cancelling the flow run dismisses the jobs.
+    final states in the UI. What the methods print to stdout/stderr goes into the run's
+    log as they print it, where CCP links the jobs' logs. Cancelling the flow run
+    dismisses the jobs.
 
     Args:
         ccp: a `CCP` block, the name of a saved one, or None for the notebook's VRE.
@@ -227,7 +229,12 @@ async def wait_for_ccp_jobs(ccp: CCPArg, job_ids: Sequence[str],
     Example:
         statuses = wait_for_ccp_jobs("ccp", [job_id])
     """
-    async with _ccp(ccp).job_adapter() as adapter:
+    log = run_logger()
+
+    def printed(job_id: str, stream: str, line: str) -> None:
+        (log.warning if stream == "stderr" else log.info)("ccp job %s %s: %s", job_id, stream, line)
+
+    async with _ccp(ccp).job_adapter(on_log=printed) as adapter:
         return await watch(adapter, job_ids, policy, PrefectReporter(adapter, "CCP jobs"))
 
 
@@ -298,5 +305,5 @@ async def run_ccp_method(ccp: CCPArg, method: str, inputs: Mapping[str, Any],
     job_id = await execute_ccp_method(block, method, inputs)
     final = (await wait_for_ccp_jobs(block, [job_id], policy))[job_id]
     if final.state is not JobState.SUCCEEDED:
-        raise CCPMethodFailed(method, final.message, job_id, final.state.value)
+        raise CCPMethodFailed(method, final.message, job_id, final.state.value, final.detail.get("stderr", ()))
     return await collect_ccp_results(block, job_id, destination, method)
