@@ -10,8 +10,8 @@
 
 `egi_flow` is `@flow` plus the guarantees of the shipped flows:
 
-- cancelling the run (UI, CLI) kills the DIRAC jobs and marks the DataMiner executions
-  it submitted (`cancel_remote_jobs`, an `on_cancellation` hook: Prefect runs it in
+- cancelling the run (UI, CLI) kills the DIRAC jobs, dismisses the CCP jobs and marks
+  the DataMiner executions it submitted (`cancel_remote_jobs`, an `on_cancellation` hook: Prefect runs it in
   another process, which finds the jobs in the run's job ledger);
 - a crash leaves them running and logs how to resume watching them with
   `prefect flow-run retry <id>` (`keep_remote_jobs_on_crash`, an `on_crashed` hook);
