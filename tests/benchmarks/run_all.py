@@ -236,7 +236,7 @@ def ccp_rows(table: Table, data: dict) -> None:
         f"every {step:g} s (CCP's generated code polls in a loop; its interval is not verified, so {step:g} s); "
         f"owslib 0.35 = `Processes.execute(…, async_=True)` and a `requests.get` loop every {step:g} s (owslib has "
         f"no job status call); {how_many(data['repeat'])} per job length (`ccp-progress`, 5 progress steps; a "
-        f"length that is a multiple of {step:g} s lets the fixed loops look just after the end), owslib on those: "
+        f"length that is a multiple of {step:g} s can let a fixed loop look just after the end), owslib on those: "
         f"{singles}. Latency = when the waiter returned − the job's `finished` time; mixed "
         "jobs as for WPS (1.5–60 s, 4–20 steps, started 0–5 s apart, concurrently; ours, then the fixed loop, "
         "then owslib"
