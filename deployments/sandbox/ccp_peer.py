@@ -69,7 +69,8 @@ or from CCP, and how the peer answers:
 10. `GET /processes?limit=` only cuts the list: no `rel=next` paging of processes.
 
 For tests: `/_peer/stats` (requests per kind: processes, describe, execute, status, results,
-jobs, dismiss, download, logs, unauthorized), `/_peer/reset`, `/_peer/config`, and `/_peer/fault`
+jobs, dismiss, download, logs, unauthorized; and `status:<job id>`, the status requests of each
+job), `/_peer/reset`, `/_peer/config`, and `/_peer/fault`
 (`kind`, `status`, `count`, `delay`; `after_backend: true` answers the fault only after
 pygeoapi did the work — an Execute whose answer is lost).
 
@@ -298,6 +299,8 @@ def make_front(app: Any, judge: TokenJudge, state: FrontState, public_url: str) 
                           [("WWW-Authenticate", f'Bearer realm="d4science", error="invalid_token", '
                                                 f'error_description="{problem}"')])
         state.count(kind)
+        if kind == "status":  # per job too, for benchmarks that wait on many at once
+            state.count("status:" + unquote(JOB_PATH.match(path).group(1)))  # type: ignore[union-attr]
         fault = state.take_fault(kind)
         if fault and fault.get("delay"):
             time.sleep(float(fault["delay"]))

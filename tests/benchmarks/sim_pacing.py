@@ -107,10 +107,11 @@ def owslib(job: Job) -> tuple[int, float]:
 
 
 def target_groups(seconds: Sequence[float], ours: Sequence[tuple[float, int]],
-                  owslib: Sequence[tuple[float, int]]) -> dict[str, dict]:
+                  owslib: Sequence[tuple[float, int]], baseline: str = "owslib") -> dict[str, dict]:
     """The two groups issue 3's targets speak of — jobs up to 10 s (median latency
     ≤ 0.5 s) and beyond (median latency ≤ 10 % of the runtime) — from each job's
-    length and (latency, status requests) on each side. Shared with bench_dataminer."""
+    length and (latency, status requests) on each side. Shared with bench_dataminer
+    and bench_ccp; `baseline` names the other side in the keys (`owslib_requests`, …)."""
     groups = {}
     for name, keep in (("up to 10 s", lambda s: s <= 10), ("beyond 10 s", lambda s: s > 10)):
         picked = [i for i, s in enumerate(seconds) if keep(s)]
@@ -119,25 +120,26 @@ def target_groups(seconds: Sequence[float], ours: Sequence[tuple[float, int]],
         groups[name] = {
             "jobs": len(picked),
             "ours_median_latency_s": statistics.median(ours[i][0] for i in picked),
-            "owslib_median_latency_s": statistics.median(owslib[i][0] for i in picked),
+            f"{baseline}_median_latency_s": statistics.median(owslib[i][0] for i in picked),
             "ours_median_share": statistics.median(ours[i][0] / seconds[i] for i in picked),
-            "owslib_median_share": statistics.median(owslib[i][0] / seconds[i] for i in picked),
+            f"{baseline}_median_share": statistics.median(owslib[i][0] / seconds[i] for i in picked),
             "ours_requests": sum(ours[i][1] for i in picked),
-            "owslib_requests": sum(owslib[i][1] for i in picked),
+            f"{baseline}_requests": sum(owslib[i][1] for i in picked),
             "requests_ok": sum(ours[i][1] <= owslib[i][1] for i in picked) / len(picked),
         }
     return groups
 
 
-def describe_groups(groups: dict[str, dict]) -> list[str]:
+def describe_groups(groups: dict[str, dict], baseline: str = "owslib", label: str | None = None) -> list[str]:
+    label = label or baseline
     lines = []
     for name, g in groups.items():
         met = (g["ours_median_latency_s"] <= 0.5 if name == "up to 10 s" else g["ours_median_share"] <= 0.1)
-        met = met and g["ours_requests"] <= g["owslib_requests"]
+        met = met and g["ours_requests"] <= g[f"{baseline}_requests"]
         lines.append(f"{g['jobs']} jobs {name}: median latency ours {g['ours_median_latency_s']:.2f} s "
-                     f"({g['ours_median_share']:.1%} of the run), owslib {g['owslib_median_latency_s']:.2f} s "
-                     f"({g['owslib_median_share']:.1%}); status requests ours {g['ours_requests']}, owslib "
-                     f"{g['owslib_requests']} (ours ≤ owslib for {g['requests_ok']:.0%} of the jobs) — "
+                     f"({g['ours_median_share']:.1%} of the run), {label} {g[f'{baseline}_median_latency_s']:.2f} s "
+                     f"({g[f'{baseline}_median_share']:.1%}); status requests ours {g['ours_requests']}, {label} "
+                     f"{g[f'{baseline}_requests']} (ours ≤ {label} for {g['requests_ok']:.0%} of the jobs) — "
                      f"target {'met' if met else 'missed'}")
     return lines
 
