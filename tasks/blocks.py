@@ -1,4 +1,4 @@
-"""Every block of prefect-egi, defined (and so registered with Prefect) on import.
+"""Every block of prefect-egi and its worker type, defined (and so registered with Prefect) on import.
 
 The `prefect.collections` entry point: Prefect imports it before it looks a block
 type up by slug (a worker loading a block document, `Block.load("egi-dataminer/…")`,
@@ -17,3 +17,7 @@ BLOCKS: tuple[type, ...] = tuple(
     for name in names)
 
 globals().update({block.__name__: block for block in BLOCKS})  # what `prefect block register -m` walks
+
+# the `dirac` worker type: defining the class registers it, so that `prefect work-pool create
+# --type dirac` and `prefect worker start --pool …` find it once the collection is loaded
+from prefect_egi.tasks.dirac.worker import DiracWorker  # noqa: E402, F401

@@ -406,3 +406,116 @@ def _deadline_text(adapter: RemoteJobAdapter, policy: WatchPolicy, statuses: Map
     waiting = [adapter.job_label(s.job_id) for s in statuses.values() if not s.state.terminal]
     return (f"gave up waiting for {len(waiting)} {adapter.service} job(s) after the {policy.deadline:.0f} s deadline: "
             f"{', '.join(waiting[:10])}{' …' if len(waiting) > 10 else ''}. They may still be running.")
+
+
+class SharedWatch:
+    """One bulk poll per cycle for a set of jobs that changes while it runs.
+
+    `watch` waits for one batch; a long-lived process that starts jobs one at a time
+    (the `dirac` worker: one job per flow run) needs the same loop shared by all of
+    them: `add(job_id)` returns a future that resolves with the job's final status, and
+    every cycle asks the service about ALL pending jobs in one `adapter.poll` — never one
+    loop (and one request per cycle) per job. Pacing is the `Pacer`'s; a newly added job
+    is looked at after `policy.first_interval` (jobs added meanwhile join that poll).
+
+    Failures never end it: transient ones and unknown ones back off exactly as in
+    `watch` (up to `policy.max_error_backoff`), a 401 renews the credentials first;
+    a long-running process must not stop watching its jobs because the service was
+    away for a while. `cycles` and `last_error` say what it did.
+    """
+
+    def __init__(self, adapter: RemoteJobAdapter, policy: WatchPolicy | None = None,
+                 reporter: WatchReporter | None = None, *, sleep: Any = asyncio.sleep,
+                 clock: Any = time.monotonic):
+        self.adapter = adapter
+        self.policy = policy or adapter.default_policy or WatchPolicy()
+        self.reporter = reporter or WatchReporter(adapter)
+        self.sleep, self.clock = sleep, clock
+        self.statuses: dict[str, JobStatus] = {}
+        self.cycles = 0  # bulk polls sent
+        self.last_error: str | None = None
+        self._waiters: dict[str, list[asyncio.Future[JobStatus]]] = {}
+        self._added = asyncio.Event()
+
+    def add(self, job_id: str | int) -> "asyncio.Future[JobStatus]":
+        """Watch a job (again); the future resolves with its final status."""
+        job = str(job_id)
+        future: asyncio.Future[JobStatus] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job, []).append(future)
+        self.statuses.setdefault(job, JobStatus(job, JobState.SUBMITTED))
+        self._added.set()
+        return future
+
+    def forget(self, job_id: str | int) -> None:
+        """Stop watching a job; its waiters are cancelled."""
+        for future in self._waiters.pop(str(job_id), []):
+            future.cancel()
+        self.statuses.pop(str(job_id), None)
+
+    @property
+    def pending(self) -> list[str]:
+        return [job for job in self._waiters if not self.statuses[job].state.terminal]
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        policy = self.policy
+        pacer = Pacer(policy, self.clock())
+        errors = renewals = 0
+        interval = policy.first_interval
+        while True:
+            if not self.pending:
+                self._added.clear()
+                await self._added.wait()
+                await self.sleep(policy.first_interval)  # just submitted; let the others of this moment join
+            elif await self._rest(interval):
+                await self.sleep(policy.first_interval)
+            pending = self.pending
+            if not pending:
+                continue
+            self.cycles += 1
+            try:
+                answer = await self.adapter.poll(pending)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                errors += 1
+                kind = classify(exc)
+                if kind is CredentialsRejected and renewals < policy.max_credential_renewals:
+                    renewals += 1
+                    await self.adapter.renew_credentials()
+                interval = min(policy.error_backoff * 2 ** (errors - 1), policy.max_error_backoff)
+                self.last_error = describe(exc)
+                await self.reporter.trouble(self.last_error if kind else f"unexpected: {self.last_error}", interval)
+                continue
+            errors = renewals = 0
+            self.last_error = None
+            changes = await self._apply(pending, answer)
+            interval = pacer.next_interval(self.clock(), changes, {j: self.statuses[j] for j in self.pending})
+
+    async def _rest(self, interval: float) -> bool:
+        """Sleep `interval`, or less when a job is added meanwhile (True then)."""
+        self._added.clear()
+        try:
+            await asyncio.wait_for(self._added.wait(), interval)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def _apply(self, pending: Sequence[str], answer: Mapping[str, JobStatus]
+                     ) -> list[tuple[JobStatus, JobStatus]]:
+        changes: list[tuple[JobStatus, JobStatus]] = []
+        for job in pending:
+            new = answer.get(job)
+            old = self.statuses.get(job)
+            if new is None or old is None or new.same_as(old):
+                continue
+            changes.append((old, new))
+            self.statuses[job] = new
+            if new.state != old.state:
+                await self.reporter.transition(old, new)
+            if new.state.terminal:
+                for future in self._waiters.pop(job, []):
+                    if not future.done():
+                        future.set_result(new)
+                self.statuses.pop(job, None)
+        return changes

@@ -264,3 +264,81 @@ def test_policy_rejects_nonsense():
         WatchPolicy(deadline=-1)
     with pytest.raises(ValueError, match="request_budget"):
         WatchPolicy(request_budget=0)
+
+
+# -- SharedWatch: the `dirac` worker's one loop for the jobs of all its flow runs
+
+
+class Live(RemoteJobAdapter):
+    """Answers from a mutable table {job: state}; records every poll's ids."""
+
+    service = "live"
+
+    def __init__(self):
+        self.table: dict[str, str] = {}
+        self.polls: list[list[str]] = []
+        self.fail_next: list[BaseException] = []
+
+    async def poll(self, job_ids):
+        self.polls.append(sorted(job_ids))
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        return {j: JobStatus(j, JobState(self.table[j])) for j in job_ids if j in self.table}
+
+    async def cancel(self, job_ids):
+        return {}
+
+
+def test_shared_watch_polls_every_pending_job_in_one_request_and_resolves_each():
+    from prefect_egi.tasks.remote import SharedWatch
+
+    async def scenario():
+        adapter = Live()
+        shared = SharedWatch(adapter, WatchPolicy(first_interval=0.01, max_interval=0.02))
+        loop = asyncio.create_task(shared.run())
+        futures = {}
+        for job in ("1", "2", "3"):
+            adapter.table[job] = "running"
+            futures[job] = shared.add(job)
+        while not adapter.polls:
+            await asyncio.sleep(0.005)
+        adapter.table["2"] = "succeeded"
+        assert (await futures["2"]).state is JobState.SUCCEEDED
+        adapter.table["4"] = "queued"
+        futures["4"] = shared.add("4")  # joins while the others are watched
+        n = len(adapter.polls)
+        while len(adapter.polls) < n + 2:
+            await asyncio.sleep(0.005)
+        for job in ("1", "3", "4"):
+            adapter.table[job] = "failed" if job == "3" else "succeeded"
+        results = {job: (await future).state for job, future in futures.items()}
+        loop.cancel()
+        return adapter, shared, results
+
+    adapter, shared, results = asyncio.run(scenario())
+    assert results == {"1": JobState.SUCCEEDED, "2": JobState.SUCCEEDED, "3": JobState.FAILED,
+                       "4": JobState.SUCCEEDED}
+    assert all(len(ids) == len(set(ids)) for ids in adapter.polls)
+    assert ["1", "2", "3"] in adapter.polls  # one request held every pending job
+    assert ["1", "3", "4"] in adapter.polls
+    assert all("2" not in ids for ids in adapter.polls[adapter.polls.index(["1", "3", "4"]):])  # finished: not asked
+    assert shared.cycles == len(adapter.polls) and not shared.pending
+
+
+def test_shared_watch_outlives_errors_of_any_kind():
+    """A worker must not stop following its runs because DiracX was away: transient and
+    unknown failures alike back off and the loop goes on."""
+    from prefect_egi.tasks.remote import SharedWatch
+
+    async def scenario():
+        adapter = Live()
+        adapter.fail_next = [httpx.ConnectError("down"), RuntimeError("odd answer")]
+        shared = SharedWatch(adapter, WatchPolicy(first_interval=0.01, max_interval=0.02, error_backoff=0.01))
+        loop = asyncio.create_task(shared.run())
+        adapter.table["7"] = "succeeded"
+        status = await asyncio.wait_for(shared.add("7"), 10)
+        loop.cancel()
+        return adapter, status
+
+    adapter, status = asyncio.run(scenario())
+    assert status.state is JobState.SUCCEEDED and len(adapter.polls) == 3

@@ -74,6 +74,21 @@ _PLACEHOLDERS = ("%s", "%n", "%(")
 _SPACE_OR_BRACE = re.compile(r"[\s{}]")
 
 
+#: DIRAC's site names: <grid or flavour>.<site>.<country or domain> (LCG.CERN.cern, EGI.SARA.nl,
+#: CLOUD.CESGA.es, LCG.UKI-LT2-IC-HEP.uk: DIRAC's `getSiteName` splits them at dots, three parts)
+SITE_NAME_PATTERN = r"[A-Za-z0-9]+\.[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.[A-Za-z0-9]+"
+_SITE_NAME = re.compile(SITE_NAME_PATTERN)
+
+
+def site_name_problem(name: str) -> str | None:
+    """Why `name` is not a DIRAC site name, or None. (`DiracJob` itself stays lenient:
+    a server may know site names of its own; the `dirac` worker targets real sites.)"""
+    if _SITE_NAME.fullmatch(name.strip()):
+        return None
+    return (f"{name!r} is not a DIRAC site name: <grid>.<site>.<country>, e.g. EGI.SARA.nl or LCG.CERN.cern "
+            "(`dirac-admin-get-site-mask` lists a server's sites)")
+
+
 def _check_text(field: str, value: str, *, commas: bool = False, item: bool = False) -> str:
     """`value` as DIRAC's JDL readers will read it back, or a ValueError naming `field`
     and the fix. `commas`: the attribute is never split into a list; `item`: a list item."""
