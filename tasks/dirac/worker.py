@@ -219,6 +219,7 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
         self._run_loggers: dict[str, Any] = {}  # job id → its flow run's logger
         self._in_hand: set[str] = set()  # flow run ids this worker follows
         self._last_adoption = float("-inf")
+        self._cancelling: set[str] = set()  # Cancelling runs whose kill is under way or done
 
     # -- one run
 
@@ -304,11 +305,14 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
         current = await self.client.read_flow_run(flow_run.id)
         state = current.state
         application = final.detail.get("application_status") or ""
+        application = "" if application == "Unknown" else application  # DIRAC's word for "nothing reported"
         ended = f"{final.message}{f' ({application})' if application else ''}"
         log.info("DIRAC job %s ended: %s", job_id, ended)
         outputs = await self._outputs(block, job_id, configuration, flow_run, log)
         if final.state is JobState.CANCELLED or (state is not None and state.is_cancelling()):
-            if state is None or not state.is_completed():
+            # a run the engine reported Crashed on SIGTERM was still cancelled; one that
+            # completed before the kill landed, or that is already Cancelled, stays as it is
+            if state is None or not (state.is_completed() or state.is_cancelled()):
                 await self._mark_flow_run_as_cancelled(
                     current, {"message": f"DIRAC job {job_id} was killed ({final.message})."})
                 log.info("Flow run %s cancelled: its DIRAC job %s is %s", flow_run.name, job_id, final.message)
@@ -425,7 +429,7 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
         except ObjectNotFound:
             return
         if flow_run.start_time is None or not flow_run.infrastructure_pid:
-            return await super()._cancel_run(flow_run_id)
+            return await super()._cancel_run(flow_run_id)  # kills the job of a pending run, marks it Cancelled
         log = self.get_flow_run_logger(flow_run)
         try:
             configuration = await self.job_configuration.resolve_for_flow_run(
@@ -436,26 +440,28 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
         except InfrastructureNotFound as exc:
             log.info("Nothing to kill: %s", exc)
         except Exception:
-            log.exception("Could not kill DIRAC job %s; it may still be running", flow_run.infrastructure_pid)
+            log.exception("Could not kill DIRAC job %s; trying again at the next poll", flow_run.infrastructure_pid)
+            self._cancelling.discard(str(flow_run.id))
             return
         if str(flow_run.id) not in self._in_hand:  # no watch of this worker will settle it
             await self._mark_flow_run_as_cancelled(flow_run, {"message": "Flow run cancelled: DIRAC job killed."})
 
-    # -- runs nobody follows (a worker that was killed)
+    # -- each poll of the pool: cancellations asked for, runs nobody follows
 
     async def get_and_submit_flow_runs(self) -> list["FlowRun"]:
-        if self._has_successfully_synced and time.monotonic() - self._last_adoption >= ADOPT_EVERY:
-            self._last_adoption = time.monotonic()
+        if self._has_successfully_synced:
             try:
-                await self._adopt_orphans()
+                await self._look_after_runs()
             except Exception:
-                self._logger.exception("Looking for flow runs left by a stopped worker failed; trying again later")
+                self._logger.exception("Looking after the pool's runs failed; trying again at the next poll")
         return await super().get_and_submit_flow_runs()
 
-    async def _adopt_orphans(self) -> None:
-        """Follow the pool's Pending/Running/Cancelling runs that no live worker follows:
-        this worker's own (it restarted under the same name) and those of workers that
-        are no longer online."""
+    async def _look_after_runs(self) -> None:
+        """One read of the pool's Pending/Running/Cancelling runs per poll: kill the jobs of
+        the Cancelling ones (Prefect's own cancellation observer is off by default and
+        only handles runs that have not started), and — every ADOPT_EVERY seconds — follow
+        the runs no live worker follows: this worker's own (it restarted under the same
+        name) and those of workers no longer online."""
         from prefect.client.schemas.filters import (
             FlowRunFilter,
             FlowRunFilterState,
@@ -469,12 +475,19 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
                 any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]))),
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])))
+        for run in runs:
+            if run.state is not None and run.state.is_cancelling() and str(run.id) not in self._cancelling:
+                self._cancelling.add(str(run.id))
+                self._runs_task_group.start_soon(self._cancel_run, run.id)
+        if time.monotonic() - self._last_adoption < ADOPT_EVERY:
+            return
+        self._last_adoption = time.monotonic()
         online = {w.name for w in await self.client.read_workers_for_work_pool(self._work_pool_name)
                   if str(getattr(w, "status", "")).upper().endswith("ONLINE") and w.name != self.name}
         now = time.time()
         for run in runs:
             owner = (run.labels or {}).get("prefect.worker.name")
-            if str(run.id) in self._in_hand or str(run.id) in self._submitting_flow_run_ids or owner in online:
+            if str(run.id) in self._in_hand or run.id in self._submitting_flow_run_ids or owner in online:
                 continue
             if not run.infrastructure_pid and (run.state is None or run.state.timestamp is None
                                                or now - run.state.timestamp.timestamp() < ADOPT_AFTER):
