@@ -277,7 +277,7 @@ def dataminer(dataminer_process) -> DataMinerPeer:
 
 
 class DiracXPeer:
-    """The running DiracX server, its VO credentials and a test pilot."""
+    """The running DiracX server, its VO credentials and the local site's pilot identity."""
 
     def __init__(self, process: PeerProcess):
         self.process = process
@@ -288,7 +288,8 @@ class DiracXPeer:
         self.credentials: str = creds["user"]
         from prefect_egi.sandbox.dirac_pilot import Pilot
 
-        self.pilot = Pilot(self.url, creds["pilot"])
+        self.pilot = Pilot(self.url, creds["pilot"], keystore=process.info["keystore"],
+                           job_db=process.info["job_db"], registry=process.info["registry"])
 
     def block(self, vo: str | None = None, **fields):
         from prefect_egi.tasks import DiracX

@@ -7,7 +7,9 @@ access tokens are minted with the server's own signing key and written into
 DiracX credentials files (what `dirac login` writes):
 
 - a user (NormalUser) — what flows use;
-- a "pilot" (JobAdministrator) — what the test pilot uses to move jobs.
+- a "pilot" (JobAdministrator) — what the local site's pilot (dirac_pilot.py) uses to move
+  jobs; its ready line also names the signing keys (`keystore`), the Registry (`registry`) and
+  the JobDB URL (`job_db`), which the pilot needs to act as a job's owner and read JDLs.
 
 With `--idp-url` (our Check-in peer's issuer) and a user's Check-in `sub` in
 `--vo VO:GROUP:USER:SUB`, the device-flow login (`dirac login`) works end to end.
@@ -238,7 +240,11 @@ def main(argv: list[str] | None = None) -> None:
             "user": str(credentials_file(root / f"credentials-{vo}.json", user, args.token_lifetime)),
             "pilot": str(credentials_file(root / f"pilot-{vo}.json", pilot, args.token_lifetime)),
         }
-    print(json.dumps({"url": url, "vos": credentials, "workdir": str(root), "s3_port": s3_port}), flush=True)
+    # what a site needs beside the pilot's credentials (dirac_pilot.py): the signing keys (to act as
+    # a job's owner), the Registry (the owners' subjects) and the JobDB (the jobs' JDLs)
+    print(json.dumps({"url": url, "vos": credentials, "workdir": str(root), "s3_port": s3_port,
+                      "keystore": str(jwks), "registry": str(root / "cs" / "repo" / "default.yml"),
+                      "job_db": env["DIRACX_DB_URL_JOBDB"]}), flush=True)
     while all(c.poll() is None for c in children):
         time.sleep(0.5)
     stop()

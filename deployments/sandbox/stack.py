@@ -6,7 +6,8 @@ composed —
 
 - Check-in (our OIDC provider; also DiracX's identity provider, and D4Science's IAM:
   it grants the UMA token of a VRE to its members),
-- DataMiner (PyWPS), DiracX (+ the test pilot, 20 % of job runs fail),
+- DataMiner (PyWPS), DiracX (+ a local site whose pilot really runs the jobs, 32 at a time;
+  20 % of job runs get a failing payload),
 - D4Science CCP (pygeoapi behind a D4Science-like front accepting only the UMA token of
   its VRE; CCP-like methods such as `ccp-write-files`, `ccp-grid-splitter`),
 - three FedCloud sites (healthy; healthy with an old Nova; one without the VO)
@@ -87,7 +88,8 @@ class Sandbox:
             diracx = self.peers["diracx"].info
             self.peers["pilot"] = start_peer(
                 "pilot", "dirac_pilot.py", "--url", diracx["url"], "--credentials", diracx["vos"][VO]["pilot"],
-                "--workdir", str(self.workdir / "pilot"), "--duration", "1", "--failure-rate",
+                "--keystore", diracx["keystore"], "--job-db", diracx["job_db"], "--registry", diracx["registry"],
+                "--workdir", str(self.workdir / "pilot"), "--slots", "32", "--duration", "1", "--failure-rate",
                 str(self.failure_rate), "--seed", "1", *self.peer_args.get("pilot", ()))
         except BaseException:
             self.stop()
@@ -147,7 +149,7 @@ def describe(info: dict[str, Any]) -> list[tuple[str, str]]:
     """Where everything listens, for humans."""
     rows = [("Check-in (OIDC)", info["checkin"]["issuer"]),
             ("DataMiner (WPS)", info["dataminer"]["wps_url"]),
-            ("DiracX", info["diracx"]["url"] + f"  (VO {VO}, test pilot running)")]
+            ("DiracX", info["diracx"]["url"] + f"  (VO {VO}, site LCG.Sandbox.local running its jobs)")]
     rows += [(f"FedCloud site {name}", f"{site['auth_url']}  ({site['mode']})")
              for name, site in info["openstack"]["sites"].items()]
     if "ccp" in info:
