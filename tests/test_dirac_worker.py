@@ -73,8 +73,8 @@ class Grid:
             self.deployments[name] = made["id"]
         return self.deployments[name]
 
-    def run(self, deployment: str, **parameters) -> str:
-        return self.stack.run_deployment(self.deployments[deployment], parameters)["id"]
+    def run(self, deployment_id: str, **parameters) -> str:
+        return self.stack.run_deployment(deployment_id, parameters)["id"]
 
     def jobs(self, *flow_run_ids: str) -> list[dict]:
         """DiracX's rows for the jobs named after these flow runs."""
@@ -90,6 +90,14 @@ class Grid:
                     per_page=1000)
 
         return asyncio.run(search())
+
+    def job_ended(self, flow_run_id: str, timeout: float = 120) -> dict:
+        """The run's job once DIRAC has a final status for it."""
+        def ended() -> dict | None:
+            (job,) = self.jobs(flow_run_id)
+            return job if job["Status"] in ("Done", "Failed", "Killed") else None
+
+        return wait_until(ended, timeout, f"the DIRAC job of flow run {flow_run_id} to end")
 
     def diracx_pilot_client(self):
         from diracx.client.aio import AsyncDiracClient
@@ -129,6 +137,7 @@ def grid(tmp_path_factory):
     (vo, creds), *_ = diracx.info["vos"].items()
     pilot = start_peer("pilot-grid", "dirac_pilot.py", "--url", diracx.info["url"], "--credentials", creds["pilot"],
                        "--keystore", diracx.info["keystore"], "--job-db", diracx.info["job_db"],
+                       "--registry", diracx.info["registry"],
                        "--workdir", str(root / "site"), "--site", SITE, "--slots", "32", "--duration", "0",
                        timeout=60)
     stack = start_server(root / "stack")
@@ -168,12 +177,13 @@ def test_a_deployment_run_completes_in_the_jobs_working_directory(grid):
     run = grid.stack.wait_for_flow_run(run_id, timeout=240)
     assert run["state"]["type"] == "COMPLETED", grid.log_text(run_id)
     job_id = int(run["infrastructure_pid"])
-    (job,) = grid.jobs(run_id)
+    job = grid.job_ended(run_id)  # the engine reported the run; the pilot then ends the job
     assert (job["JobID"], job["Status"], job["ApplicationStatus"]) == (job_id, "Done", "Exit code 0")
+    hello = grid.outputs / run_id / str(job_id) / "hello.txt"
+    wait_until(hello.is_file, 60, "the worker to fetch the output sandbox")
     logs = grid.log_text(run_id)
     ran_in = next(line for line in logs.splitlines() if line.startswith("grid_hello ran in ")).split(" in ", 1)[1]
     assert Path(ran_in).is_relative_to(grid.root / "site"), ran_in  # the pilot's job folder, not the project
-    hello = grid.outputs / run_id / str(job_id) / "hello.txt"
     assert hello.read_text() == f"hello EGI from {ran_in}\n"  # written on the node, came back in the sandbox
     assert f"is DIRAC job {job_id}" in logs
     assert API_KEY not in logs
@@ -193,14 +203,18 @@ def test_the_api_key_travels_only_in_the_private_sandbox_file(grid):
     job_id = int(run["infrastructure_pid"])
 
     async def jdl() -> str:
+        from DIRACCommon.WorkloadManagementSystem.DB.JobDBUtils import extractJDL
+
         db = JobDB(grid.diracx.info["job_db"])
         async with db.engine_context(), db:
-            return (await db.get_job_jdls([job_id]))[job_id]
+            return extractJDL((await db.get_job_jdls([job_id]))[job_id])  # stored compressed
 
+    grid.job_ended(run_id)
     text = asyncio.run(jdl())
     assert "prefect-egi-job.sh" in text and "SB:" in text
     assert API_KEY not in text and "PREFECT_API" not in text and run_id in text  # the JobName marker
     out = grid.outputs / run_id / str(job_id)
+    wait_until((out / "std.out").is_file, 60, "the worker to fetch the output sandbox")
     assert API_KEY not in (out / "std.out").read_text() + (out / "std.err").read_text()
     assert API_KEY not in grid.log_text(run_id)
 
@@ -244,7 +258,7 @@ def test_a_broken_setup_command_crashes_the_run_with_the_jobs_stderr_in_its_logs
     assert "the setup command failed" in run["state"]["message"]
     logs = grid.log_text(run_id)
     assert "no-such-setup-tool: command not found" in logs  # bash's own words, from the job's std.err
-    (job,) = grid.jobs(run_id)
+    job = grid.job_ended(run_id)
     assert job["Status"] == "Failed" and job["ApplicationStatus"] == "Exit code 97"
 
 
@@ -280,11 +294,11 @@ def test_a_worker_killed_mid_run_is_restarted_and_every_run_finishes_once(grid):
     grid.start_worker()  # the same name: it takes its runs back
     finished = [grid.stack.wait_for_flow_run(r, timeout=300) for r in runs]
     assert [r["state"]["type"] for r in finished] == ["COMPLETED"] * 3
-    jobs = grid.jobs(*runs)
-    assert len(jobs) == 3 and {j["Status"] for j in jobs} == {"Done"}  # 0 duplicates
+    jobs = [grid.job_ended(r) for r in runs]  # one job per run: job_ended unpacks exactly one
+    assert {j["Status"] for j in jobs} == {"Done"} and len(grid.jobs(*runs)) == 3  # 0 duplicates
     for run_id in runs:
+        wait_until((grid.outputs / run_id).is_dir, 60, "the restarted worker to fetch the outputs")
         assert "follows flow run" in grid.log_text(run_id)
-        assert (grid.outputs / run_id).is_dir()  # the restarted worker fetched the outputs
 
 
 BOUND = textwrap.dedent('''

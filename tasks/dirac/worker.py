@@ -8,7 +8,8 @@ The job's input sandbox carries:
 
 - `prefect-egi-job.sh` (the Executable): loads the run's environment, runs the pool's
   setup command (a CVMFS `source …` line, or creating a venv with the matching
-  Prefect), then `exec`s the flow run's command (`prefect flow-run execute`, or for a
+  Prefect), then `exec`s the flow run's command (`python -m prefect.engine`, which runs
+  the deployment's pull steps and the flow in the job's working directory, or for a
   bound flow `python -m prefect.bundles.execute --key prefect-bundle.json`);
 - `prefect-egi.env` (mode 0600): the run's environment — PREFECT__FLOW_RUN_ID, the
   Prefect API URL and, when the worker has one, PREFECT_API_KEY — which the script
@@ -158,6 +159,16 @@ class DiracJobConfiguration(BaseJobConfiguration):
     @classmethod
     def _none_is_empty(cls, value: Any) -> Any:
         return [] if value is None else [value] if isinstance(value, str) else value
+
+    @staticmethod
+    def _base_flow_run_command() -> str:
+        """`python -m prefect.engine`, not the base's `prefect flow-run execute`: Prefect 3.9's
+        runner copies the flow's code into a temporary workspace and runs it there, so the
+        files a flow writes would miss the job's working directory — which DIRAC's output
+        sandbox is collected from (seen on the local site: `grid_hello ran in
+        /tmp/prefect-flow-run-…`). The engine runs the deployment's pull steps, then the
+        flow, in the job's folder."""
+        return "python -m prefect.engine"
 
     @field_validator("input_sandbox")
     @classmethod
@@ -529,7 +540,7 @@ def write_job_files(folder: Path, configuration: DiracJobConfiguration, bundle: 
     env_file = _private(folder / ENV_FILE, "".join(f"export {k}={shlex.quote(str(v))}\n"
                                                    for k, v in sorted(environment.items())))
     files = [folder / SCRIPT, env_file]
-    command = configuration.command or "prefect flow-run execute"
+    command = configuration.command or DiracJobConfiguration._base_flow_run_command()
     if bundle is not None:
         files.append(_private(folder / BUNDLE_FILE, bundle))
     setup = configuration.setup_command or ""
