@@ -230,6 +230,7 @@ class Job:
     workdir: Path | None = None
     process: Any = None
     killed: str | None = None  # why the server killed it
+    executing: bool = True  # until the payload (and its hold) ended: heartbeats are sent
     started: float = field(default_factory=time.monotonic)
 
 
@@ -405,13 +406,14 @@ class BatchPilot:
 
     async def _heartbeat(self, api: Any) -> None:
         """One heartbeat request for every running job; the server's Kill commands are obeyed."""
-        alive = [j for j, job in self.jobs.items() if job.killed is None]
+        alive = [j for j, job in self.jobs.items() if job.killed is None and job.executing]
         if not alive:
             return
         from diracx.client.models import HeartbeatData
 
-        now = time.monotonic()
-        body = {str(j): HeartbeatData(wall_clock_time=round(now - self.jobs[j].started, 1)) for j in alive}
+        # a sign of life only (no job parameters: with them, DiracX 0.7 on SQLite was seen to hold
+        # its JobDB locked); the Watchdog's beats end with the payload, as DIRAC's do
+        body = {str(j): HeartbeatData() for j in alive}
         try:
             async with self._writer():
                 commands = await api.jobs.add_heartbeat(body)
@@ -480,6 +482,7 @@ class BatchPilot:
         held = self.duration - (time.monotonic() - job.started)
         if held > 0 and not job.killed:
             await asyncio.sleep(held)
+        job.executing = False
         if job.killed:
             return self._count_killed(job)
         if code >= 0:
