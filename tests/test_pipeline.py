@@ -90,6 +90,9 @@ def test_the_pipeline_chains_every_service(blocks, checkin, dataminer, diracx, t
     assert {"egi-pipeline", "vm-inventory", "vm-inventory-sites"} <= set(shown)
     text = shown["egi-pipeline"].data
     assert "| cell-003 |" in text and report.work_items.execution.status_location in text
+    # the grid table says what each job printed (the first line of its std.out)
+    for n, job_id in enumerate(report.grid.jobs):
+        assert f"| cell-00{n} | {job_id} | `processing cell-00{n}` |" in text
     stored = database_bytes(prefect_db)
     for secret in (checkin_token(blocks), dataminer.token):
         assert secret.encode() not in stored
