@@ -170,12 +170,13 @@ class PipelineReport(BaseModel):
             answered = sum(1 for s in self.vms.sites if s.failure is None)
             lines.append(f"| VMs | {len(self.vms.vms)} VM(s) of {self.vms.vo} on {answered}/{len(self.vms.sites)} "
                          "site(s) | artifact `vm-inventory` |")
-        lines += ["", "## Grid jobs", "", "| item | job | output |", "|---|---|---|"]
+        lines += ["", "## Grid jobs", "", "| item | job | printed | output |", "|---|---|---|---|"]
         outputs = {o.job_id: o for o in g.outputs}
         for item, job_id in zip(w.items, g.jobs):
             out = outputs.get(job_id)
             where = f"`{out.path}`" if out and out.path else (out.note if out else "failed")
-            lines.append(f"| {item} | {job_id} | {where} |")
+            printed = f"`{_short(out.printed).replace('`', '')}`" if out and out.printed else ""
+            lines.append(f"| {item} | {job_id} | {printed} | {where} |")
         if g.failed:
             lines += ["", "Failed: " + ", ".join(f"{f.job_id} ({f.status}: {f.minor_status})" for f in g.failed)]
         for stage in (listed, summary):

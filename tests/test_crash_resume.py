@@ -25,10 +25,8 @@ import contextlib
 import json
 import os
 import signal
-import threading
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -162,51 +160,29 @@ def server_jobs(diracx, group: str) -> dict[int, str]:
 
 
 class JobRunner:
-    """Plays the grid for one batch, once started: Checking → Waiting → Matched → Running →
-    Done, each job with an output sandbox holding `result.txt` — as the DiracX admin (the
-    sandbox pilot's credentials). A step that fails (a timeout on this busy machine) is tried
-    again; errors are kept for the failure message."""
+    """Plays the grid for one batch, once started: the local DIRAC site (the sandbox's pilot)
+    runs this batch's JobGroup for real — Checking → Waiting → Matched → Running → Completing →
+    Done, each job's `echo` output in its output sandbox. `join` waits until every job ended
+    (or a minute), then stops the site; `errors` says what was left unfinished."""
 
-    WALK = ["Checking", "Waiting", "Matched", "Running"]
+    def __init__(self, diracx, ids: list[int], workdir: Path, group: str):
+        from prefect_egi.sandbox.dirac_pilot import BatchPilot
 
-    def __init__(self, diracx, ids: list[int], workdir: Path):
-        self.pilot, self.ids, self.workdir = diracx.pilot, sorted(ids), workdir
+        self.ids = sorted(ids)
         self.errors: list[str] = []
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self.site = BatchPilot(diracx.pilot, group, workdir, duration=0)
 
     def start(self) -> "JobRunner":
-        self._thread.start()
+        self.site.start()
         return self
 
     def join(self) -> None:
-        self._thread.join(60)
-
-    async def _main(self) -> None:
-        for attempt in range(8):
-            try:
-                return await self._run()
-            except Exception as exc:
-                self.errors.append(f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(min(2 ** attempt, 10))
-
-    async def _set(self, api, status: str, minor: str) -> None:
-        when = datetime.now(timezone.utc).isoformat()
-        await api.jobs.set_job_statuses({str(j): {when: {"Status": status, "MinorStatus": minor,
-                                                         "Source": "crash-test"}} for j in self.ids}, force=True)
-
-    async def _run(self) -> None:
-        from diracx.api.jobs import create_sandbox
-
-        async with self.pilot.client() as api:
-            for status in self.WALK:
-                await self._set(api, status, "pilot")
-            for job_id in self.ids:
-                folder = self.workdir / str(job_id)
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / "result.txt").write_text(f"job {job_id}\n")
-                pfn = await create_sandbox([folder / "result.txt"], client=api)
-                await api.jobs.assign_sandbox_to_job(job_id, json.dumps(pfn))
-            await self._set(api, "Done", "Execution Complete")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum(self.site.outcomes.values()) < len(self.ids):
+            time.sleep(0.2)
+        self.site.stop()
+        if sum(self.site.outcomes.values()) < len(self.ids):
+            self.errors.append(f"the site ended {self.site.stats()} of {len(self.ids)} jobs")
 
 
 class Batch:
@@ -240,7 +216,7 @@ class Batch:
         said = stack.cli("flow-run", "retry", self.run_id)
         assert "scheduled for retry" in said, said
         wait_mid_wait(stack, self.run_id, attempt=2)
-        grid = JobRunner(diracx, self.ids, self.root / "grid").start()
+        grid = JobRunner(diracx, self.ids, self.root / "grid", self.group).start()
         try:
             run = stack.wait_for_flow_run(self.run_id, timeout=180)
         finally:
@@ -251,7 +227,7 @@ class Batch:
         on_server = server_jobs(diracx, self.group)
         assert sorted(on_server) == sorted(self.ids), "0 duplicated: the retry submitted nothing new"
         assert set(on_server.values()) == {"Done"}, on_server
-        outputs = sorted(int(p.parent.name) for p in (self.root / "out").glob("*/result.txt"))
+        outputs = sorted(int(p.parent.name) for p in (self.root / "out").glob("*/std.out"))
         assert outputs == sorted(self.ids), "0 lost: every job's output collected"
         # (the killed attempt's own "Submitted …" line may be missing: a SIGKILLed process cannot
         # ship the log lines it still buffered — the server's job count is the evidence)

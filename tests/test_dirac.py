@@ -121,7 +121,7 @@ def test_a_job_the_server_does_not_have_is_reported_not_waited_for(diracx):
 def test_kill_is_verified_on_the_server(diracx):
     block = diracx.block()
     ids = run(submit(block, [DiracJob(executable="sleep", arguments="600", parameters=[1, 2])]))
-    run(diracx.pilot.set_status([ids[1]], "Done", "Execution Complete"))
+    run(diracx.pilot.walk([ids[1]], "Done", "Execution Complete"))
     outcome = run(kill_jobs.fn(block, ids))
     assert outcome == {str(ids[0]): "Killed", str(ids[1]): "Done"}  # Done→Killed is refused
 
@@ -190,10 +190,11 @@ def test_outputs_and_resubmission(diracx, tmp_path):
         pilot.stop()
     done = ids[1:] + [replacement]
     outputs = run(collect(block.client(), done, tmp_path / "out"))
-    assert all(o.files == ["result.txt"] for o in outputs)
-    assert (tmp_path / "out" / str(replacement) / "result.txt").read_text() == f"job {replacement} run 1\n"
-    (missing,) = run(collect(block.client(), [ids[0]], tmp_path / "out"))
-    assert missing.path is None and missing.note == "no output sandbox"
+    assert all(sorted(o.files) == ["std.err", "std.out"] for o in outputs)
+    # what each job printed: `echo %s`, the replacement of job 0 printing 0 as its first run did not
+    assert [(tmp_path / "out" / str(j) / "std.out").read_text() for j in done] == [f"{n}\n" for n in range(1, 6)] + ["0\n"]
+    (failed_run,) = run(collect(block.client(), [ids[0]], tmp_path / "out"))  # a failed job's sandbox comes too
+    assert sorted(failed_run.files) == ["std.err", "std.out"] and (tmp_path / "out" / str(ids[0]) / "std.out").read_text() == ""
 
 
 @pytest.mark.timeout(600)  # room for the wait's own deadline and the join after it
@@ -291,8 +292,7 @@ def test_a_completed_job_ends_the_wait_and_submitting_ones_are_queued(diracx):
 
     block = diracx.block()
     (completed,) = run(submit(block, [DiracJob(executable="echo")]))
-    run(diracx.pilot.set_status([completed], "Running"))
-    run(diracx.pilot.set_status([completed], "Completed", "Pending Requests"))
+    run(diracx.pilot.walk([completed], "Completed", "Pending Requests"))
 
     async def dirac_expands() -> list[int]:
         async with block.client().session() as api:
@@ -345,12 +345,12 @@ def test_an_unreadable_output_sandbox_is_reported_and_the_others_fetched(diracx,
     block = diracx.block()
     ids = run(submit(block, [DiracJob(executable="echo", parameters=[1, 2, 3], job_group=group)]))
     pilot = BatchPilot(diracx.pilot, group, tmp_path / "pilot")
-    run(pilot._cycle())  # runs them: Done, each with its own result.txt
+    run(pilot._cycle())  # runs them: Done, each with its own std.out and std.err
     assign_foreign_sandbox(diracx, ids[1], tmp_path / "bob")
     started = time.monotonic()
     outputs = run(collect_outputs(block.client(), ids, tmp_path / "out"))
     assert [o.job_id for o in outputs] == ids
-    assert [o.files for o in outputs] == [["result.txt"], ["result.txt"], ["result.txt"]]  # its own one came
+    assert [sorted(o.files) for o in outputs] == [["std.err", "std.out"]] * 3  # its own one came
     refused = outputs[1]
     assert refused.error.startswith("DiracX refused it (HTTP 403: Invalid PFN. PFN must start with /S3/")
     assert outputs[0].error is None and outputs[2].error is None

@@ -58,7 +58,8 @@ def test_batch_flow_resubmits_failures_collects_outputs_and_reports(prefect_db, 
     assert state.is_completed(), state.message
     report = state.result()
     assert (report.submitted, report.resubmitted, report.succeeded, report.failed) == (5, 2, 5, [])
-    assert all((tmp_path / "out" / str(o.job_id) / "result.txt").is_file() for o in report.outputs)
+    assert [(tmp_path / "out" / str(o.job_id) / "std.out").read_text() for o in report.outputs] == [
+        f"{n}\n" for n in range(5)]  # what each job printed: echo %s
     assert len(report.outputs) == 5
     # a constant number of task runs, whatever the batch size: not one per job, not one per poll
     from prefect.client.orchestration import get_client
@@ -103,8 +104,10 @@ def test_batch_against_a_pilot_process_that_fails_a_share_of_runs(prefect_db, di
     diracx.block().save(name, overwrite=True)
     group = f"rate-{uuid.uuid4().hex[:6]}"
     stats = tmp_path / "pilot-stats.json"
+    info = diracx.process.info
     pilot = start_peer("pilot", "dirac_pilot.py", "--url", diracx.url, "--credentials",
-                       diracx.vos[diracx.vo]["pilot"], "--workdir", str(tmp_path / "pilot"), "--job-group", group,
+                       diracx.vos[diracx.vo]["pilot"], "--keystore", info["keystore"], "--job-db", info["job_db"],
+                       "--registry", info["registry"], "--workdir", str(tmp_path / "pilot"), "--job-group", group,
                        "--duration", "0.2", "--failure-rate", "0.3", "--seed", "7", "--stats", str(stats))
     before = diracx.job_count()
     try:
@@ -165,5 +168,5 @@ def test_batch_flow_reports_an_unreadable_output_sandbox_and_keeps_the_rest(pref
     assert by_job[victim].error.startswith("DiracX refused it (HTTP 403: Invalid PFN")
     assert by_job[victim].path is None
     others = [j for j in report.jobs if j != victim]
-    assert all(by_job[j].files == ["result.txt"] and by_job[j].error is None for j in others)
+    assert all(sorted(by_job[j].files) == ["std.err", "std.out"] and by_job[j].error is None for j in others)
     assert f"| {victim} | DiracX refused it (HTTP 403: Invalid PFN" in report.markdown()

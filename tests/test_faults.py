@@ -88,7 +88,7 @@ def test_dirac_batch_completes_through_a_faulty_network_without_duplicates(prefe
     report = state.result()
     assert report.succeeded == jobs and report.failed == []
     assert created == jobs + report.resubmitted  # nothing submitted twice
-    assert sorted((tmp_path / "faulty" / "out" / str(j) / "result.txt").is_file() for j in report.jobs) == [True] * jobs
+    assert sorted((tmp_path / "faulty" / "out" / str(j) / "std.out").is_file() for j in report.jobs) == [True] * jobs
     assert stats["faulted"]["drop-response"] == 2 and faulted_share(stats) >= 0.1
     assert all(stats["faulted"][kind] for kind in ("reset", "error", "blackhole", "latency"))
     assert extra <= 3 * faults  # each fault costs at most a retry and a reconciliation search

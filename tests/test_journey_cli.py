@@ -47,6 +47,7 @@ def test_the_demo_runs_the_pipeline_and_cleans_up(tmp_path):
                  "VM(s) of vo.access.egi.eu on 2/4 site(s)", "Artifacts in the Prefect UI:", "Sandbox stopped."):
         assert line in out, line
     assert "[progress] " in out and " 100 %" in out and "[table] vm-inventory: 6 row(s)" in out
+    assert "| item | job | printed | output |" in out and "| `processing " in out  # what the grid jobs printed
     # one CCP method, through the D4Science-like front with alice's UMA token for the VRE: its values,
     # and the files of its output.zip, unpacked
     assert "Running the ccp-run flow: D4Science CCP method ccp-write-files" in out

@@ -81,7 +81,8 @@ def test_the_pipeline_chains_every_service(blocks, checkin, dataminer, diracx, t
     assert report.identity.username == "alice" and ACCESS in report.identity.vos
     assert report.work_items.items == ["cell-000", "cell-001", "cell-002", "cell-003"]
     assert (report.grid.submitted, report.grid.succeeded, report.grid.resubmitted) == (4, 4, 1)
-    assert all((tmp_path / "out" / "grid" / str(j) / "result.txt").is_file() for j in report.grid.jobs)
+    assert [(tmp_path / "out" / "grid" / str(j) / "std.out").read_text() for j in report.grid.jobs] == [
+        f"processing cell-00{n}\n" for n in range(4)]  # what each grid job printed
     assert report.summary is not None and any(f.name == "summary.csv" and f.path for f in report.summary.files)
     assert len(report.vms.vms) == 2 * SERVERS and [f.site for f in report.vms.failures] == ["IFCA-LCG2"]
 
@@ -89,6 +90,9 @@ def test_the_pipeline_chains_every_service(blocks, checkin, dataminer, diracx, t
     assert {"egi-pipeline", "vm-inventory", "vm-inventory-sites"} <= set(shown)
     text = shown["egi-pipeline"].data
     assert "| cell-003 |" in text and report.work_items.execution.status_location in text
+    # the grid table says what each job printed (the first line of its std.out)
+    for n, job_id in enumerate(report.grid.jobs):
+        assert f"| cell-00{n} | {job_id} | `processing cell-00{n}` |" in text
     stored = database_bytes(prefect_db)
     for secret in (checkin_token(blocks), dataminer.token):
         assert secret.encode() not in stored

@@ -230,6 +230,7 @@ class Job:
     workdir: Path | None = None
     process: Any = None
     killed: str | None = None  # why the server killed it
+    executing: bool = True  # until the payload (and its hold) ended: heartbeats are sent
     started: float = field(default_factory=time.monotonic)
 
 
@@ -261,7 +262,7 @@ class BatchPilot:
 
     def __init__(self, pilot: Pilot, job_group: str | None, workdir: Path, fail_first: Any = lambda job_id: False,
                  duration: float = 0.3, failure_rate: float = 0.0, seed: int | None = None,
-                 uploads: int = 4, site: str = SITE, slots: int = 8, env: dict[str, str] | None = None,
+                 uploads: int = 8, site: str = SITE, slots: int = 8, env: dict[str, str] | None = None,
                  kill_grace: float = KILL_GRACE):
         if not 0.0 <= failure_rate <= 1.0:
             raise ValueError("failure_rate must be between 0 and 1")
@@ -279,6 +280,8 @@ class BatchPilot:
         self.last_end: float | None = None
         self.jobs: dict[int, Job] = {}  # matched, not yet ended
         self._not_here: set[int] = set()  # Waiting jobs this site never matches
+        self._jdl_cache: dict[int, dict[str, Any] | None] = {}  # Waiting jobs read, not yet matched
+        self._sandbox_lock: asyncio.Lock | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._batches: set[asyncio.Task] = set()
@@ -298,6 +301,14 @@ class BatchPilot:
             self._write_lock = asyncio.Lock()
         return self._write_lock
 
+    def _sandbox_writer(self) -> asyncio.Lock:
+        """One sandbox write at a time: those go to DiracX's SandboxMetadataDB, another SQLite file
+        than the JobDB the status writes take (SQLite locks a file, not a server), so the two
+        kinds of write go alongside each other."""
+        if self._sandbox_lock is None:
+            self._sandbox_lock = asyncio.Lock()
+        return self._sandbox_lock
+
     def _fails(self, job_id: int) -> bool:
         first = self.runs.get(job_id, 0) == 0 and self.fail_first(job_id)
         return bool(first) or self.random.random() < self.failure_rate
@@ -306,7 +317,7 @@ class BatchPilot:
 
     async def _cycle(self, api: Any = None) -> None:
         if api is None:  # one cycle on its own (tests); the loop passes its open client
-            self._write_lock = asyncio.Lock()  # of this event loop
+            self._write_lock, self._sandbox_lock = asyncio.Lock(), asyncio.Lock()  # of this event loop
             async with self._resources(), self.pilot.client() as api:
                 self._api = api
                 await self._cycle(api)
@@ -354,18 +365,25 @@ class BatchPilot:
         if not candidates:
             return
         chosen: list[Job] = []
-        for start in range(0, len(candidates), 500):  # JDLs in a few reads, until the free slots are taken
-            ids = sorted(candidates)[start:start + 500]
-            jdls = await self._jdls(ids)
+        order = sorted(candidates)
+        step = max(2 * free, 100)
+        for start in range(0, len(order), step):  # JDLs in a few reads, until the free slots are taken
+            ids = order[start:start + step]
+            unread = [j for j in ids if j not in self._jdl_cache]
+            if unread:
+                texts = await self._jdls(unread)
+                for job_id in unread:
+                    text = texts.get(job_id)
+                    try:
+                        self._jdl_cache[job_id] = read_jdl(text) if text else None
+                    except ValueError as exc:
+                        print(f"pilot: job {job_id}: its JDL does not parse ({exc})", file=sys.stderr)
+                        self._jdl_cache[job_id] = None
             for job_id in ids:
-                text = jdls.get(job_id)
-                try:
-                    jdl = read_jdl(text) if text else None
-                except ValueError as exc:
-                    print(f"pilot: job {job_id}: its JDL does not parse ({exc})", file=sys.stderr)
-                    jdl = None
+                jdl = self._jdl_cache.get(job_id)
                 if jdl is None or not self._for_this_site(jdl):
                     self._not_here.add(job_id)
+                    self._jdl_cache.pop(job_id, None)
                     continue
                 row = candidates[job_id]
                 chosen.append(Job(job_id, row["Owner"], row["OwnerGroup"], row["VO"], jdl))
@@ -373,6 +391,8 @@ class BatchPilot:
                     break
             if len(chosen) == free:
                 break
+        for job in chosen:
+            self._jdl_cache.pop(job.id, None)
         if not chosen:
             return
         ids = [j.id for j in chosen]
@@ -405,13 +425,14 @@ class BatchPilot:
 
     async def _heartbeat(self, api: Any) -> None:
         """One heartbeat request for every running job; the server's Kill commands are obeyed."""
-        alive = [j for j, job in self.jobs.items() if job.killed is None]
+        alive = [j for j, job in self.jobs.items() if job.killed is None and job.executing]
         if not alive:
             return
         from diracx.client.models import HeartbeatData
 
-        now = time.monotonic()
-        body = {str(j): HeartbeatData(wall_clock_time=round(now - self.jobs[j].started, 1)) for j in alive}
+        # a sign of life only (no job parameters: with them, DiracX 0.7 on SQLite was seen to hold
+        # its JobDB locked); the Watchdog's beats end with the payload, as DIRAC's do
+        body = {str(j): HeartbeatData() for j in alive}
         try:
             async with self._writer():
                 commands = await api.jobs.add_heartbeat(body)
@@ -480,6 +501,7 @@ class BatchPilot:
         held = self.duration - (time.monotonic() - job.started)
         if held > 0 and not job.killed:
             await asyncio.sleep(held)
+        job.executing = False
         if job.killed:
             return self._count_killed(job)
         if code >= 0:
@@ -605,7 +627,8 @@ class BatchPilot:
 
     async def attach_outputs(self, ids: list[int], api: Any = None) -> None:
         """Pack each job's OutputSandbox files that exist, upload and assign them as its owner
-        (`uploads` at a time; the two server writes one at a time, the upload to S3 alongside)."""
+        (`uploads` at a time; the two server writes one sandbox write at a time, the upload to S3
+        alongside)."""
         from diracx.client.models import SandboxInfo
 
         async def one(job_id: int) -> None:
@@ -619,12 +642,12 @@ class BatchPilot:
             owner = await self._owner(job)
 
             async def attach() -> None:
-                async with self._writer():
+                async with self._sandbox_writer():
                     upload = await owner.jobs.initiate_sandbox_upload(info)
                 if upload.url:
                     sent = await self._http.post(upload.url, data=upload.fields, files={"file": ("file", archive)})
                     sent.raise_for_status()
-                async with self._writer():
+                async with self._sandbox_writer():
                     await owner.jobs.assign_sandbox_to_job(job_id, json.dumps(upload.pfn))
 
             async with self._upload_limit:
@@ -664,6 +687,7 @@ class BatchPilot:
     async def loop(self, on_cycle: Any = None) -> None:
         api = None
         self._write_lock = asyncio.Lock()  # of this event loop
+        self._sandbox_lock = asyncio.Lock()
         async with self._resources():
             try:
                 while not self._stop.is_set():

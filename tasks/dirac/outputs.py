@@ -25,6 +25,7 @@ from prefect_egi.tasks.dirac.client import DiracxClient, engine_error
 from prefect_egi.tasks.faults import CredentialsRejected, TransientServiceError
 from prefect_egi.tasks.redaction import redact
 
+STDOUT = "std.out"  # DIRAC's default StdOutput: its first line is reported (what the job printed)
 FETCH_ATTEMPTS = 4  # per job, for transient faults (azure-core has already retried each request)
 
 
@@ -35,6 +36,7 @@ class JobOutput(BaseModel):
     path: str | None = Field(default=None, description="The folder it was unpacked into.")
     files: list[str] = Field(default_factory=list, description="The files unpacked, relative to `path`.")
     note: str = Field(default="", description="E.g. 'no output sandbox' (the job has none).")
+    printed: str = Field(default="", description="The first line of its std.out, when the sandbox holds one.")
     error: str | None = Field(default=None, description="Why its output sandbox could not be fetched; it is "
                                                         "still on the server.")
 
@@ -79,7 +81,7 @@ async def collect_outputs(client: DiracxClient, job_ids: Sequence[int], destinat
         folder.mkdir(parents=True, exist_ok=True)
         for pfn in pfns:
             await download_sandbox(pfn, folder, client=api)
-        return JobOutput(job_id=job_id, path=str(folder), files=unpacked(folder))
+        return JobOutput(job_id=job_id, path=str(folder), files=unpacked(folder), printed=first_line(folder / STDOUT))
 
     async def one(api: Any, job_id: int) -> JobOutput:
         folder = root / str(job_id)
@@ -105,6 +107,17 @@ async def collect_outputs(client: DiracxClient, job_ids: Sequence[int], destinat
         return list(await asyncio.gather(*(one(api, j) for j in job_ids)))
 
     return await client.call(everything)
+
+
+def first_line(path: Path, limit: int = 200) -> str:
+    """The first line of a text file (at most `limit` characters), or "" when there is none."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.readline(4 * limit)
+    except OSError:
+        return ""
+    text = head.decode("utf-8", "replace").rstrip("\r\n")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def unpacked(folder: Path) -> list[str]:
