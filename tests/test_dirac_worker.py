@@ -2,15 +2,11 @@
 installed package, a real DiracX 0.7 (recording every job search), and the local site's
 pilot, which really runs each job's script — here, a Prefect flow run's engine.
 
-The flows live in a project folder of the test (not in prefect-egi): a deployment made
-through the API names `grid_flows.py:<flow>` as its entrypoint, without pull steps, and the
-file travels to the node in each job's input sandbox — what a researcher does on EGI when
-the node cannot clone a repository.
+The stack is `grid_stack.py`'s (the flows travel in each job's input sandbox).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,142 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from prefect_stack import StackError, start_server, wait_until
+from grid_stack import API_KEY, SITE, grid_stack
+from prefect_stack import StackError, wait_until
 
 pytestmark = [pytest.mark.prefect, pytest.mark.timeout(900)]
-
-FLOWS = textwrap.dedent('''
-    import os
-    import time
-    from pathlib import Path
-
-    from prefect import flow, get_run_logger
-
-
-    @flow
-    def grid_hello(name: str = "grid", seconds: float = 0.0) -> str:
-        here = os.getcwd()
-        Path("hello.txt").write_text(f"hello {name} from {here}\\n")
-        get_run_logger().info("grid_hello ran in %s", here)
-        time.sleep(seconds)
-        return here
-''')
-API_KEY = "pnu_prefect-egi-test-key-0123456789abcdef"  # the worker's; must never reach a JDL or a log
-SITE = "DIRAC.Sandbox.local"
-
-
-class Grid:
-    """The stack of this module's tests."""
-
-    def __init__(self, root: Path, diracx, stack, pilot, project: Path, searches: Path):
-        self.root, self.diracx, self.stack, self.pilot = root, diracx, stack, pilot
-        self.project, self.searches = project, searches
-        self.outputs = root / "outputs"
-        self.deployments: dict[str, str] = {}
-        self.worker = None
-
-    def start_worker(self, name: str = "grid-worker"):
-        self.worker = self.stack.start_worker(
-            "grid", name=name, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
-            PREFECT_WORKER_HEARTBEAT_SECONDS="5", PREFECT_API_KEY=API_KEY)
-        return self.worker
-
-    def deployment(self, name: str, entry: str = "grid_hello", **job_variables) -> str:
-        """A deployment of `grid_flows.py:<entry>` on the pool (made once per name)."""
-        if name not in self.deployments:
-            flow = self.stack.api("POST", "/flows/", json={"name": entry.replace("_", "-")})
-            variables = {"input_sandbox": [str(self.project / "grid_flows.py")], "output_sandbox": ["hello.txt"],
-                         "fetch_outputs_to": str(self.outputs), **job_variables}
-            made = self.stack.api("POST", "/deployments/", json={
-                "name": name, "flow_id": flow["id"], "entrypoint": f"grid_flows.py:{entry}",
-                "work_pool_name": "grid", "job_variables": variables, "pull_steps": [], "path": None})
-            self.deployments[name] = made["id"]
-        return self.deployments[name]
-
-    def run(self, deployment_id: str, **parameters) -> str:
-        return self.stack.run_deployment(deployment_id, parameters)["id"]
-
-    def jobs(self, *flow_run_ids: str) -> list[dict]:
-        """DiracX's rows for the jobs named after these flow runs."""
-        import asyncio
-
-        from prefect_egi.tasks.dirac.worker import job_name
-
-        async def search():
-            async with self.diracx_pilot_client() as api:
-                return await api.jobs.search(
-                    parameters=["JobID", "JobName", "Status", "MinorStatus", "ApplicationStatus"],
-                    search=[{"parameter": "JobName", "operator": "in", "values": [job_name(i) for i in flow_run_ids]}],
-                    per_page=1000)
-
-        return asyncio.run(search())
-
-    def job_ended(self, flow_run_id: str, timeout: float = 120) -> dict:
-        """The run's job once DIRAC has a final status for it."""
-        def ended() -> dict | None:
-            (job,) = self.jobs(flow_run_id)
-            return job if job["Status"] in ("Done", "Failed", "Killed") else None
-
-        return wait_until(ended, timeout, f"the DIRAC job of flow run {flow_run_id} to end")
-
-    def diracx_pilot_client(self):
-        from diracx.client.aio import AsyncDiracClient
-        from diracx.core.preferences import DiracxPreferences
-
-        (vo, creds), *_ = self.diracx.info["vos"].items()
-        return AsyncDiracClient(diracx_preferences=DiracxPreferences(url=self.diracx.info["url"],
-                                                                     credentials_path=creds["pilot"]))
-
-    def worker_searches(self, job_ids: set[int]) -> list[dict]:
-        """The server's record of the searches about these jobs (the worker's status polls)."""
-        rows = [json.loads(line) for line in self.searches.read_text().splitlines() if line.strip()]
-        return [r for r in rows if r["ids"] and set(r["ids"]) & job_ids]
-
-    def log_text(self, flow_run_id: str) -> str:
-        time.sleep(1)  # the worker's and the node's log batches
-        return "\n".join(line["message"] for line in self.stack.api(
-            "POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}},
-                                          "sort": "TIMESTAMP_ASC", "limit": 200}))
-
-    def wait_for_state(self, flow_run_id: str, state: str, timeout: float = 240) -> dict:
-        def reached() -> dict | None:
-            run = self.stack.api("GET", f"/flow_runs/{flow_run_id}")
-            return run if run["state"]["type"] == state else None
-
-        return wait_until(reached, timeout, f"flow run {flow_run_id} {state}")
 
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    from prefect_egi.sandbox.peers import start_peer
-
-    root = tmp_path_factory.mktemp("grid")
-    searches = root / "searches.jsonl"
-    diracx = start_peer("diracx-grid", "diracx_peer.py", "--vo", "egi.test:egi_user:alice",
-                        "--record-searches", str(searches), timeout=120)
-    (vo, creds), *_ = diracx.info["vos"].items()
-    pilot = start_peer("pilot-grid", "dirac_pilot.py", "--url", diracx.info["url"], "--credentials", creds["pilot"],
-                       "--keystore", diracx.info["keystore"], "--job-db", diracx.info["job_db"],
-                       "--registry", diracx.info["registry"],
-                       "--workdir", str(root / "site"), "--site", SITE, "--slots", "32", "--duration", "0",
-                       timeout=60)
-    stack = start_server(root / "stack")
-    project = root / "project"
-    project.mkdir()
-    (project / "grid_flows.py").write_text(FLOWS)
-    try:
-        stack.cli("work-pool", "create", "grid", "--type", "dirac")
-        from prefect_egi.tasks import DiracX
-
-        stack.save_blocks({"diracx": DiracX(url=diracx.info["url"], vo=vo, group=creds["group"],
-                                            credentials_path=creds["user"])})
-        grid = Grid(root, diracx, stack, pilot, project, searches)
-        grid.start_worker()
-        yield grid
-    finally:
-        stack.stop()
-        pilot.stop()
-        diracx.stop()
+    with grid_stack(tmp_path_factory.mktemp("grid")) as stack:
+        yield stack
 
 
 def test_the_pool_comes_from_the_entry_point_and_its_template_is_a_form(grid):
@@ -181,7 +51,7 @@ def test_a_deployment_run_completes_in_the_jobs_working_directory(grid):
     assert (job["JobID"], job["Status"], job["ApplicationStatus"]) == (job_id, "Done", "Exit code 0")
     hello = grid.outputs / run_id / str(job_id) / "hello.txt"
     wait_until(hello.is_file, 60, "the worker to fetch the output sandbox")
-    logs = grid.log_text(run_id)
+    logs = grid.log_with(run_id, "outputs are in")
     ran_in = next(line for line in logs.splitlines() if line.startswith("grid_hello ran in ")).split(" in ", 1)[1]
     assert Path(ran_in).is_relative_to(grid.root / "site"), ran_in  # the pilot's job folder, not the project
     assert hello.read_text() == f"hello EGI from {ran_in}\n"  # written on the node, came back in the sandbox
@@ -256,14 +126,14 @@ def test_a_broken_setup_command_crashes_the_run_with_the_jobs_stderr_in_its_logs
     run = grid.stack.wait_for_flow_run(run_id, timeout=240)
     assert run["state"]["type"] == "CRASHED"
     assert "the setup command failed" in run["state"]["message"]
-    logs = grid.log_text(run_id)
-    assert "no-such-setup-tool: command not found" in logs  # bash's own words, from the job's std.err
+    logs = grid.log_with(run_id, "no-such-setup-tool: command not found")  # bash's words, from the job's std.err
+    assert "The last lines of DIRAC job" in logs and "the setup command failed (exit 127)" in logs
     job = grid.job_ended(run_id)
     assert job["Status"] == "Failed" and job["ApplicationStatus"] == "Exit code 97"
 
 
 def test_bad_job_variables_are_refused_before_anything_is_submitted(grid):
-    from prefect_egi.tasks.dirac.worker import dirac
+    from prefect_egi.tasks import dirac
 
     with pytest.raises(ValueError, match=r"site: 'CERN' is not a DIRAC site name"):
         dirac(work_pool="grid", site=["CERN"])
@@ -298,7 +168,7 @@ def test_a_worker_killed_mid_run_is_restarted_and_every_run_finishes_once(grid):
     assert {j["Status"] for j in jobs} == {"Done"} and len(grid.jobs(*runs)) == 3  # 0 duplicates
     for run_id in runs:
         wait_until((grid.outputs / run_id).is_dir, 60, "the restarted worker to fetch the outputs")
-        assert "follows flow run" in grid.log_text(run_id)
+        grid.log_with(run_id, "follows flow run")
 
 
 BOUND = textwrap.dedent('''
@@ -306,7 +176,7 @@ BOUND = textwrap.dedent('''
     import sys
 
     from prefect import flow
-    from prefect_egi.tasks.dirac.worker import dirac
+    from prefect_egi.tasks import dirac
 
 
     @dirac(work_pool="grid", site=["{site}"])

@@ -26,8 +26,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = {"prefect_egi.tasks": REPO / "tasks", "prefect_egi.flows": REPO / "flows",
            "prefect_egi.sandbox": REPO / "deployments" / "sandbox"}
-#: modules of prefect_egi.tasks that may import Prefect: blocks, tasks and their bases, Prefect reporting
-PREFECT_LAYER = {"block", "tasks", "blocks", "block_base", "task_base", "reporting", "job_ledger"}
+#: modules of prefect_egi.tasks that may import Prefect: blocks, tasks and their bases, Prefect reporting,
+#: the `dirac` worker type
+PREFECT_LAYER = {"block", "tasks", "blocks", "block_base", "task_base", "reporting", "job_ledger", "worker"}
 #: flows modules that start the sandbox (the demo and `egi-flows sandbox`)
 SANDBOX_FRONTS = {"prefect_egi.flows.demo", "prefect_egi.flows.cli_journey"}
 

@@ -30,7 +30,11 @@ cycle, however many runs are in flight. When a job ends:
 - the run reached a final state (the engine on the node reported it): nothing to do;
 - the job was Killed (a cancellation), or the run is Cancelling: the run ends Cancelled
   — also for a run that had started, which Prefect's base worker leaves to a runner
-  that does not exist on the grid;
+  that does not exist on the grid. The worker finds Cancelling runs at each poll of the
+  pool (one read), not through Prefect's cancellation observer, which is off by
+  default (`PREFECT_WORKER_ENABLE_CANCELLATION`) and only handles runs not yet started.
+  A started run is marked Cancelled before its job is killed, so the engine's answer
+  to the SIGTERM (Crashed) is refused; its `on_cancellation` hooks do not run on the node;
 - otherwise the engine never finished (broken setup command, missing software, a node
   without outbound access): the run is Crashed with the job's status and the tail of
   its std.out/std.err in the run's logs.
@@ -231,6 +235,7 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
         self._in_hand: set[str] = set()  # flow run ids this worker follows
         self._last_adoption = float("-inf")
         self._cancelling: set[str] = set()  # Cancelling runs whose kill is under way or done
+        self._kills_owed: dict[str, DiracJobConfiguration] = {}  # job id → its configuration
 
     # -- one run
 
@@ -433,29 +438,44 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
 
     async def _cancel_run(self, flow_run_id: Any) -> None:
         """Prefect's base worker only cancels runs that have not started (a runner beside the
-        process kills the others); on the grid nothing but DIRAC can stop a started run, so
-        this kills its job too. The run ends Cancelled when the watch sees the job Killed."""
+        process kills the others); on the grid nothing but DIRAC can stop a started run.
+
+        A started run is marked Cancelled FIRST, then its job killed: the engine on the node
+        answers the pilot's SIGTERM by reporting the run Crashed, which the server refuses
+        once the run is Cancelled (seen on the local site: killing first left the run
+        Crashed). A kill that fails is owed and tried again at every poll."""
         try:
             flow_run = await self.client.read_flow_run(flow_run_id)
         except ObjectNotFound:
             return
         if flow_run.start_time is None or not flow_run.infrastructure_pid:
             return await super()._cancel_run(flow_run_id)  # kills the job of a pending run, marks it Cancelled
+        job_id = str(flow_run.infrastructure_pid)
         log = self.get_flow_run_logger(flow_run)
         try:
             configuration = await self.job_configuration.resolve_for_flow_run(
                 flow_run, client=self.client, work_pool=copy.deepcopy(self.work_pool), worker_name=self.name,
                 worker_id=self.backend_id)
-            await self.kill_infrastructure(flow_run.infrastructure_pid, configuration)
-            log.info("Killed DIRAC job %s of the cancelled flow run %s", flow_run.infrastructure_pid, flow_run.name)
-        except InfrastructureNotFound as exc:
-            log.info("Nothing to kill: %s", exc)
         except Exception:
-            log.exception("Could not kill DIRAC job %s; trying again at the next poll", flow_run.infrastructure_pid)
+            log.exception("Could not read the job configuration of flow run %s; trying again at the next poll",
+                          flow_run.name)
             self._cancelling.discard(str(flow_run.id))
             return
-        if str(flow_run.id) not in self._in_hand:  # no watch of this worker will settle it
-            await self._mark_flow_run_as_cancelled(flow_run, {"message": "Flow run cancelled: DIRAC job killed."})
+        await self._mark_flow_run_as_cancelled(
+            flow_run, {"message": f"Flow run cancelled: its DIRAC job {job_id} is killed."})
+        await self._kill(job_id, configuration, log)
+
+    async def _kill(self, job_id: str, configuration: DiracJobConfiguration, log: Any) -> None:
+        try:
+            await self.kill_infrastructure(job_id, configuration)
+            log.info("Killed DIRAC job %s of a cancelled flow run", job_id)
+        except InfrastructureNotFound as exc:
+            log.info("Nothing to kill: %s", exc)
+        except Exception as exc:
+            log.warning("Could not kill DIRAC job %s (%s); trying again at the next poll", job_id, exc)
+            self._kills_owed[job_id] = configuration
+            return
+        self._kills_owed.pop(job_id, None)
 
     # -- each poll of the pool: cancellations asked for, runs nobody follows
 
@@ -490,6 +510,8 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
             if run.state is not None and run.state.is_cancelling() and str(run.id) not in self._cancelling:
                 self._cancelling.add(str(run.id))
                 self._runs_task_group.start_soon(self._cancel_run, run.id)
+        for job_id, configuration in list(self._kills_owed.items()):
+            await self._kill(job_id, configuration, self._logger)
         if time.monotonic() - self._last_adoption < ADOPT_EVERY:
             return
         self._last_adoption = time.monotonic()

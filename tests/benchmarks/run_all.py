@@ -18,6 +18,8 @@ Runs, one after the other, each as its own process writing its numbers with
 - `bench_dirac.py`      DIRAC submission of 1,000 jobs vs a raw chunked
   diracx-client loop and vs one by one (medians of 3), waiting on 1,000 jobs vs
   per-job polling, one poll cycle over 10,000 jobs (requests, memory);
+- `bench_worker.py`     the `dirac` worker: flow-run start latency and status requests
+  per cycle for 1, 10 and 100 runs at once vs per-run polling (issue 17);
 - `bench_inventory.py`  VM inventory of 30 sites vs the slowest single site,
   a sequential loop and a process per site (medians of 3);
 - `bench_overhead.py`   `import prefect_egi.tasks` over `import prefect` and over a minimal
@@ -69,6 +71,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "pacing": ("sim_pacing.py", ["--jobs", "2000"], ["--jobs", "2000"]),
     "dirac": ("bench_dirac.py", ["--jobs", "1000", "--big", "10000", "--repeat", "3"],
               ["--jobs", "1000", "--big", "10000", "--repeat", "1"]),
+    "worker": ("bench_worker.py", ["--runs", "1", "10", "100"], ["--runs", "1", "10"]),
     "inventory": ("bench_inventory.py", ["--sites", "30", "--repeat", "3"], ["--sites", "30", "--repeat", "1"]),
     "overhead": ("bench_overhead.py", ["--imports", "7", "--runs", "3"], ["--imports", "7", "--runs", "1"]),
 }
@@ -276,6 +279,26 @@ def dirac_rows(table: Table, data: dict) -> None:
                        "per-job polling needs by construction, not a run.")
 
 
+def worker_rows(table: Table, data: dict) -> None:
+    for b in data["batches"]:
+        n = b["runs"]
+        table.add(f"dirac worker, {n} run(s) at once: status requests per poll cycle vs per-run polling",
+                  1.0 if b["worker_requests"] else None, b["per_run_requests_per_cycle"],
+                  "1 per cycle, shared by the runs", bool(b["worker_requests"]) and (
+                      n == 1 or b["most_jobs_in_one_request"] > 1))
+        table.add(f"dirac worker, {n} run(s) at once: status requests in total vs per-run polling",
+                  b["worker_requests"], b["per_run_requests"], "≥ 5× fewer (≤ 0.20)" if n >= 10 else NONE,
+                  b["worker_requests"] * 5 <= b["per_run_requests"] if n >= 10 else None)
+        table.add(f"dirac worker, {n} run(s) at once: flow-run start latency, median (s)",
+                  b["start_latency_median_s"], None, NONE, None, unit="s",
+                  baseline_text=f"max {b['start_latency_max_s']} s")
+    table.notes.append("dirac worker: each run is a DIRAC job whose engine starts on the local site's node "
+                       "(32 slots, 2 cores: the start latency of 100 runs is mostly 100 engines starting on 2 cores); "
+                       "per-run polling is what one loop per run would send at the worker's own cycles (each "
+                       "search's ids, counted by the server). A target is met when one request asked about every "
+                       "job of the batch.")
+
+
 def inventory_rows(table: Table, data: dict) -> None:
     s, ours = data["sites"], data["ours_s"]
     table.add(f"VM inventory, {s} sites (s) vs the slowest single site", ours, data["slowest_site_s"], "≤ 1.5×",
@@ -319,7 +342,7 @@ def overhead_rows(table: Table, data: dict) -> None:
                            f"baseline {', '.join(f'{s:.2f}' for s in p['baseline_runs_s'])} s).")
 
 
-ROWS = {"dataminer": dataminer_rows, "ccp": ccp_rows, "pacing": pacing_rows, "dirac": dirac_rows, "inventory": inventory_rows, "overhead": overhead_rows}
+ROWS = {"dataminer": dataminer_rows, "ccp": ccp_rows, "pacing": pacing_rows, "dirac": dirac_rows, "worker": worker_rows, "inventory": inventory_rows, "overhead": overhead_rows}
 
 
 def render(folder: Path, names: list[str], quick: bool, header: dict) -> str:
