@@ -408,6 +408,10 @@ def _deadline_text(adapter: RemoteJobAdapter, policy: WatchPolicy, statuses: Map
             f"{', '.join(waiting[:10])}{' …' if len(waiting) > 10 else ''}. They may still be running.")
 
 
+class WatchClosed(Exception):
+    """The shared watch was closed (its process is stopping) before the job ended."""
+
+
 class SharedWatch:
     """One bulk poll per cycle for a set of jobs that changes while it runs.
 
@@ -445,6 +449,14 @@ class SharedWatch:
         self.statuses.setdefault(job, JobStatus(job, JobState.SUBMITTED))
         self._added.set()
         return future
+
+    def close(self) -> None:
+        """Stop for good: every waiter gets `WatchClosed` (cancel the `run` task too)."""
+        for job, futures in list(self._waiters.items()):
+            for future in futures:
+                if not future.done():
+                    future.set_exception(WatchClosed(f"stopped watching job {job}"))
+        self._waiters.clear()
 
     def forget(self, job_id: str | int) -> None:
         """Stop watching a job; its waiters are cancelled."""

@@ -207,7 +207,7 @@ def test_a_bound_flow_runs_on_the_grid_from_a_script_and_from_a_running_loop(gri
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "sync 3" in done.stdout and "async 42" in done.stdout
-    runs = grid.stack.api("POST", "/flow_runs/filter", json={"flow_runs": {"work_pool_name": {"any_": ["grid"]}},
+    runs = grid.stack.api("POST", "/flow_runs/filter", json={"work_pools": {"name": {"any_": ["grid"]}},
                                                              "flows": {"name": {"any_": ["add", "multiply"]}}})
     assert {r["state"]["type"] for r in runs} == {"COMPLETED"} and len(runs) == 2
     assert all(r["infrastructure_pid"] for r in runs)

@@ -61,7 +61,7 @@ from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker
 from pydantic import Field, field_validator
 
 from prefect_egi.tasks.dirac.jdl import SITE_NAME_PATTERN, site_name_problem
-from prefect_egi.tasks.remote import JobState, JobStatus, SharedWatch, WatchPolicy, WatchReporter
+from prefect_egi.tasks.remote import JobState, JobStatus, SharedWatch, WatchClosed, WatchPolicy, WatchReporter
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -214,6 +214,8 @@ class _Followed:
         self.adapter = block.job_adapter()
         self.watch = SharedWatch(self.adapter, WORKER_WATCH, _RunReporter(self.adapter, worker))
         self.task = asyncio.create_task(self.watch.run(), name=f"dirac-watch-{block.url}")
+        self.task.add_done_callback(lambda task: task.cancelled() or not task.exception() or worker._logger.error(
+            "The watch of %s's jobs stopped: %r", block.url, task.exception()))
 
 
 class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerResult]):
@@ -310,6 +312,10 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
         try:
             final = await followed.watch.add(job_id)
             await self._settle(flow_run, configuration, followed.block, job_id, final)
+        except WatchClosed:  # this worker stops; a worker of the pool that starts adopts the run
+            self._run_loggers[job_id].info(
+                "Worker %s stops before DIRAC job %s ended; a worker of the pool that starts will follow "
+                "the run again", self.name, job_id)
         finally:
             self._run_loggers.pop(job_id, None)
         return DiracWorkerResult(identifier=job_id, status_code=0)
@@ -547,7 +553,11 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
             self._in_hand.discard(str(flow_run.id))
 
     async def teardown(self, *exc_info: Any) -> None:
+        """Stop the watches first: the runs they follow return (adopted by the next worker of
+        the pool), so the worker's task group can end — a bound flow's worker ends as soon
+        as its result is back, while the job is still finishing on the node."""
         for followed in self._followed.values():
+            followed.watch.close()
             followed.task.cancel()
         for followed in self._followed.values():
             await asyncio.gather(followed.task, return_exceptions=True)
