@@ -62,7 +62,7 @@ _PUBLIC = {
     "prefect_egi.tasks.dirac.client": ["ExpiredCredentials"],
     "prefect_egi.tasks.dirac.login": ["DiracLoginFailed"],
     "prefect_egi.tasks.dirac.submission": ["SubmissionIncomplete"],
-    "prefect_egi.tasks.dirac.worker": ["DiracWorker", "DiracJobConfiguration", "DiracVariables", "dirac"],
+    "prefect_egi.tasks.dirac.worker": ["DiracWorker", "DiracJobConfiguration", "DiracVariables", "on_dirac"],
     # FedCloud
     "prefect_egi.tasks.fedcloud.block": ["FedCloud"],
     "prefect_egi.tasks.fedcloud.tasks": ["list_servers", "vm_inventory"],
@@ -168,7 +168,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (tests/test_layers.py check
         submit_jobs,
         wait_for_jobs,
     )
-    from prefect_egi.tasks.dirac.worker import DiracJobConfiguration, DiracVariables, DiracWorker, dirac
+    from prefect_egi.tasks.dirac.worker import DiracJobConfiguration, DiracVariables, DiracWorker, on_dirac
     from prefect_egi.tasks.faults import CredentialsRejected, TransientServiceError
     from prefect_egi.tasks.fedcloud.block import FedCloud
     from prefect_egi.tasks.fedcloud.client import VM, Site, SiteFailure, SiteServers

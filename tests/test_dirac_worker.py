@@ -133,14 +133,14 @@ def test_a_broken_setup_command_crashes_the_run_with_the_jobs_stderr_in_its_logs
 
 
 def test_bad_job_variables_are_refused_before_anything_is_submitted(grid):
-    from prefect_egi.tasks import dirac
+    from prefect_egi.tasks import on_dirac
 
     with pytest.raises(ValueError, match=r"site: 'CERN' is not a DIRAC site name"):
-        dirac(work_pool="grid", site=["CERN"])
+        on_dirac(work_pool="grid", site=["CERN"])
     with pytest.raises(ValueError, match="cpu_time"):
-        dirac(work_pool="grid", cpu_time=-60)
+        on_dirac(work_pool="grid", cpu_time=-60)
     with pytest.raises(ValueError, match="setup: not a job variable"):
-        dirac(work_pool="grid", setup="source x")
+        on_dirac(work_pool="grid", setup="source x")
     # through the server: the pool's schema refuses the run itself
     deployment = grid.deployment("hello")
     for bad, field in (({"cpu_time": -1}, "cpu_time"), ({"site": ["CERN"]}, "site")):
@@ -176,16 +176,16 @@ BOUND = textwrap.dedent('''
     import sys
 
     from prefect import flow
-    from prefect_egi.tasks import dirac
+    from prefect_egi.tasks import on_dirac
 
 
-    @dirac(work_pool="grid", site=["{site}"])
+    @on_dirac(work_pool="grid", site=["{site}"])
     @flow
     def add(x: int, y: int) -> int:
         return x + y
 
 
-    @dirac(work_pool="grid")
+    @on_dirac(work_pool="grid")
     @flow
     async def multiply(x: int, y: int) -> int:
         return x * y

@@ -371,7 +371,7 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
                 log.info("DIRAC job %s's outputs are in %s: %s", job_id, folder, ", ".join(output.files))
             return {name: _tail(folder / name) for name in ("std.out", "std.err") if (folder / name).is_file()}
 
-    # -- a flow bound to the pool (`@dirac`), without a deployment
+    # -- a flow bound to the pool (`@on_dirac`), without a deployment
 
     async def _submit_adhoc_run(self, flow: Any, parameters: dict[str, Any] | None = None,
                                 job_variables: dict[str, Any] | None = None,
@@ -614,10 +614,10 @@ def _tail(path: Path, lines: int = TAIL_LINES) -> str:
     return redact("\n".join(text[-lines:]))
 
 
-def dirac(work_pool: str, **job_variables: Any) -> Any:
+def on_dirac(work_pool: str, **job_variables: Any) -> Any:
     """Bind a flow to a `dirac` work pool: calling it runs it as a DIRAC job (no deployment).
 
-        @dirac(work_pool="grid", site=["EGI.SARA.nl"], setup_command="source /cvmfs/…/setup.sh")
+        @on_dirac(work_pool="grid", site=["EGI.SARA.nl"], setup_command="source /cvmfs/…/setup.sh")
         @flow
         def analysis(n: int) -> int: ...
 
@@ -627,7 +627,8 @@ def dirac(work_pool: str, **job_variables: Any) -> Any:
 
     The job variables are checked here, before anything is submitted (a wrong site name,
     a negative CPU time); the DiracX block is looked up when the run is submitted.
-    Modelled on prefect-kubernetes' `@kubernetes`."""
+    Modelled on prefect-kubernetes' `@kubernetes` (not called `dirac`: `prefect_egi.tasks.dirac`
+    is the DIRAC package, and a name exported beside it would be shadowed by it)."""
     from prefect.flows import bind_flow_to_infrastructure
 
     checked = DiracVariables.model_validate(job_variables)
