@@ -156,7 +156,7 @@ def test_bad_job_variables_are_refused_before_anything_is_submitted(grid):
 
 def test_a_worker_killed_mid_run_is_restarted_and_every_run_finishes_once(grid):
     deployment = grid.deployment("hello")
-    runs = [grid.run(deployment, name=f"k{i}", seconds=12) for i in range(3)]
+    runs = [grid.run(deployment, name=f"k{i}", seconds=45) for i in range(3)]  # still running when it is back
     for run_id in runs:
         grid.wait_for_state(run_id, "RUNNING")
     os.killpg(grid.worker.process.pid, signal.SIGKILL)
