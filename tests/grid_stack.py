@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -142,14 +144,19 @@ def grid_stack(root: Path, slots: int = 8) -> Iterator[Grid]:
     from prefect_egi.tasks import DiracX
 
     searches = root / "searches.jsonl"
+    # the servers' SQLite databases on tmpfs when there is one (as tests/scale does): they
+    # fsync every commit, and 8 engines, the worker and the pilot writing at once made the
+    # Prefect server answer 503 ("database is locked") for minutes on disk
+    shm = Path("/dev/shm")
+    fast = Path(tempfile.mkdtemp(prefix="prefect-egi-grid-", dir=shm if shm.is_dir() else None))
     diracx = start_peer("diracx-grid", "diracx_peer.py", "--vo", "egi.test:egi_user:alice",
-                        "--record-searches", str(searches), timeout=120)
+                        "--record-searches", str(searches), "--workdir", str(fast / "diracx"), timeout=120)
     (vo, creds), *_ = diracx.info["vos"].items()
     pilot = start_peer("pilot-grid", "dirac_pilot.py", "--url", diracx.info["url"], "--credentials", creds["pilot"],
                        "--keystore", diracx.info["keystore"], "--job-db", diracx.info["job_db"],
                        "--registry", diracx.info["registry"], "--workdir", str(root / "site"), "--site", SITE,
                        "--slots", str(slots), "--duration", "0", timeout=60)
-    stack = start_server(root / "stack")
+    stack = start_server(root / "stack", database_url=f"sqlite+aiosqlite:///{fast / 'prefect.db'}")
     project = root / "project"
     project.mkdir(exist_ok=True)
     (project / "grid_flows.py").write_text(FLOWS)
@@ -164,3 +171,8 @@ def grid_stack(root: Path, slots: int = 8) -> Iterator[Grid]:
         stack.stop()
         pilot.stop()
         diracx.stop()
+        kept = root / "stack" / "server"  # where the session's secret sweep looks (STACK_ROOTS)
+        kept.mkdir(parents=True, exist_ok=True)
+        for database in fast.glob("prefect.db*"):
+            shutil.copy2(database, kept / database.name)
+        shutil.rmtree(fast, ignore_errors=True)

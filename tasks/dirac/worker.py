@@ -227,7 +227,7 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
     _description = ("Run each flow run as a DIRAC grid job through DiracX (EGI Workload Manager): one bulk "
                     "status request per cycle for all runs, cancellation kills the job, restarts adopt "
                     "the runs in flight.")
-    _documentation_url = "https://github.com/prefect-egi/prefect-egi#run-your-flows-on-the-grid"
+    _documentation_url = "https://diracx.diracgrid.org/"  # the DIRAC side; the README says the rest
     _logo_url = "https://diracgrid.org/images/dirac-logo.png"
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -330,8 +330,12 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
         application = "" if application == "Unknown" else application  # DIRAC's word for "nothing reported"
         ended = f"{final.message}{f' ({application})' if application else ''}"
         log.info("DIRAC job %s ended: %s", job_id, ended)
-        outputs = await self._outputs(block, job_id, configuration, flow_run, log)
-        if final.state is JobState.CANCELLED or (state is not None and state.is_cancelling()):
+        killed = final.state is JobState.CANCELLED or (state is not None and state.is_cancelling())
+        crashed = not killed and not (state is not None and state.is_final())
+        # the output sandbox is fetched when it is asked for, or when its std.err must explain a crash
+        outputs = (await self._outputs(block, job_id, configuration, flow_run, log)
+                   if configuration.fetch_outputs_to or crashed else {})
+        if killed:
             # a run the engine reported Crashed on SIGTERM was still cancelled; one that
             # completed before the kill landed, or that is already Cancelled, stays as it is
             if state is None or not (state.is_completed() or state.is_cancelled()):
@@ -339,7 +343,7 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
                     current, {"message": f"DIRAC job {job_id} was killed ({final.message})."})
                 log.info("Flow run %s cancelled: its DIRAC job %s is %s", flow_run.name, job_id, final.message)
             return
-        if state is not None and state.is_final():
+        if not crashed:
             return
         for name, tail in outputs.items():
             log.error("The last lines of DIRAC job %s's %s:\n%s", job_id, name, tail or "(empty)")
