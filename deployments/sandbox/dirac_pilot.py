@@ -293,6 +293,7 @@ class BatchPilot:
         self._write_lock: asyncio.Lock | None = None
         self._upload_limit: asyncio.Semaphore | None = None
         self._owners: dict[tuple[str, str, str], tuple[Any, float]] = {}
+        self._owners_lock: asyncio.Lock | None = None
         self._db: Any = None
         self._pending: dict[int, tuple[str, str, str | None, asyncio.Future]] = {}
         self._flusher: asyncio.Task | None = None
@@ -572,14 +573,17 @@ class BatchPilot:
     async def _owner(self, job: Job) -> Any:
         """An open client acting as the job's owner (a fresh token before the last one ends)."""
         key = (job.vo, job.group, job.owner)
-        client, minted = self._owners.get(key, (None, 0.0))
-        if client is None or time.monotonic() - minted > OWNER_TOKEN_LIFETIME - 600:
-            if client is not None:
-                await _close(client)
-            path = self.pilot.owner_credentials(self.workdir / ".owners", *key)
-            client = await self.pilot.client(path).__aenter__()
-            self._owners[key] = (client, time.monotonic())
-        return client
+        if self._owners_lock is None:
+            self._owners_lock = asyncio.Lock()
+        async with self._owners_lock:  # one client per owner, however many of their jobs end at once
+            client, minted = self._owners.get(key, (None, 0.0))
+            if client is None or time.monotonic() - minted > OWNER_TOKEN_LIFETIME - 600:
+                if client is not None:
+                    await _close(client)
+                path = self.pilot.owner_credentials(self.workdir / ".owners", *key)
+                client = await self.pilot.client(path).__aenter__()
+                self._owners[key] = (client, time.monotonic())
+            return client
 
     async def _download(self, job: Job, pfn: str, workdir: Path) -> None:
         owner = await self._owner(job)
@@ -673,6 +677,7 @@ class BatchPilot:
         import httpx2
 
         self._upload_limit = asyncio.Semaphore(self.uploads)
+        self._owners_lock = asyncio.Lock()
         self._pending, self._flusher = {}, None
         async with contextlib.AsyncExitStack() as stack:
             if self.pilot.job_db:
