@@ -287,6 +287,7 @@ class BatchPilot:
         self._not_here: set[int] = set()  # Waiting jobs this site never matches
         self._jdl_cache: dict[int, dict[str, Any] | None] = {}  # Waiting jobs read, not yet matched
         self._sandbox_lock: asyncio.Lock | None = None
+        self._freed: asyncio.Event | None = None  # set when a job ends: the loop's next cycle comes sooner
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._batches: set[asyncio.Task] = set()
@@ -483,6 +484,8 @@ class BatchPilot:
             self.jobs.pop(job.id, None)
             self.runs[job.id] = self.runs.get(job.id, 0) + 1
             self.last_end = time.monotonic()
+            if self._freed is not None:
+                self._freed.set()
 
     async def _wrap(self, api: Any, job: Job) -> None:
         workdir = self.workdir / str(job.id)
@@ -698,6 +701,7 @@ class BatchPilot:
         api = None
         self._write_lock = asyncio.Lock()  # of this event loop
         self._sandbox_lock = asyncio.Lock()
+        self._freed = asyncio.Event()
         async with self._resources():
             try:
                 while not self._stop.is_set():
@@ -712,7 +716,11 @@ class BatchPilot:
                             api = None
                     if on_cycle:
                         on_cycle(self)
-                    await asyncio.sleep(0.2)
+                    # the next cycle after 0.2 s, or soon after a job ended (its slot is free)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._freed.wait(), 0.2)
+                        await asyncio.sleep(0.05)  # the other jobs ending about now free theirs too
+                    self._freed.clear()
             finally:
                 for job in list(self.jobs.values()):  # the node goes away: so do its payloads
                     if job.process is not None and job.process.returncode is None:
