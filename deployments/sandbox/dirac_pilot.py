@@ -44,12 +44,13 @@ reached a step since the last write in one request), heartbeats in one request p
 the JDLs of a cycle's candidates in one database read, output sandboxes built in memory (tar +
 zstd level 3) — but one write request to DiracX at a time (its SQLite takes one writer),
 failed requests tried again (sandbox writes have a lock of their own: they go to another
-SQLite file). Measured on 2 cores shared with other work (load ~2; DiracX on local disk; 1,000
+SQLite file). Measured on 2 cores (DiracX on local disk; 1,000
 `echo "job %s"` jobs, `--duration 0`, 32 slots, each job with its own working directory,
-process and output sandbox uploaded as its owner): 11.1 jobs/s (98 s), against ~20 jobs/s
+process and output sandbox uploaded as its owner): 15.5 jobs/s with the machine to itself
+(load ~2 from the pilot and DiracX), 11.1 jobs/s beside another test run — against ~20 jobs/s
 for the earlier pilot that only moved statuses and uploaded a made-up file. What bounds it:
-the per-job sandbox writes (initiate + assign, one at a time on SQLite) and the 0.2 s cycle
-that refills the free slots.
+the per-job sandbox writes (initiate + assign, one at a time on SQLite) and the cycle that
+refills the free slots (soon after a job ends, at most 0.2 s apart).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ from pathlib import Path
 from typing import Any
 
 #: measured jobs per second on 1,000 trivial jobs (see the module's text)
-MEASURED = "11.1 jobs/s: 1,000 echo jobs in 98 s, 32 slots, 2 shared cores (load ~2)"
+MEASURED = "15.5 jobs/s: 1,000 echo jobs, 32 slots, 2 cores (11.1 jobs/s with other work on them)"
 
 SITE = "LCG.Sandbox.local"
 STATUS_CHUNK = 100  # jobs per set_job_statuses call: short write transactions on the server's SQLite
