@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 
-SANDBOX_HELP = """The local EGI-like sandbox: Check-in, DataMiner, DiracX (+ a test pilot),
+SANDBOX_HELP = """The local EGI-like sandbox: Check-in, DataMiner, DiracX (+ a local site that runs the jobs),
 FedCloud sites and the Notebooks hub, as processes on 127.0.0.1.
 
 `up` starts it in the background and saves the blocks every flow uses by default

@@ -43,8 +43,14 @@ concurrently (asyncio subprocesses), statuses written in bulk (chunks of 100, al
 reached a step since the last write in one request), heartbeats in one request per cycle,
 the JDLs of a cycle's candidates in one database read, output sandboxes built in memory (tar +
 zstd level 3) — but one write request to DiracX at a time (its SQLite takes one writer),
-failed requests tried again. Measured on 2 cores (DiracX on local disk, `echo` jobs with
-`--duration 0`, 32 slots): see MEASURED below.
+failed requests tried again (sandbox writes have a lock of their own: they go to another
+SQLite file). Measured on 2 cores (DiracX on local disk; 1,000
+`echo "job %s"` jobs, `--duration 0`, 32 slots, each job with its own working directory,
+process and output sandbox uploaded as its owner): 15.5 jobs/s with the machine to itself
+(load ~2 from the pilot and DiracX), 11.1 jobs/s beside another test run — against ~20 jobs/s
+for the earlier pilot that only moved statuses and uploaded a made-up file. What bounds it:
+the per-job sandbox writes (initiate + assign, one at a time on SQLite) and the cycle that
+refills the free slots (soon after a job ends, at most 0.2 s apart).
 """
 
 from __future__ import annotations
@@ -74,7 +80,7 @@ from pathlib import Path
 from typing import Any
 
 #: measured jobs per second on 1,000 trivial jobs (see the module's text)
-MEASURED = "not measured yet"
+MEASURED = "15.5 jobs/s: 1,000 echo jobs, 32 slots, 2 cores (11.1 jobs/s with other work on them)"
 
 SITE = "LCG.Sandbox.local"
 STATUS_CHUNK = 100  # jobs per set_job_statuses call: short write transactions on the server's SQLite
@@ -282,12 +288,14 @@ class BatchPilot:
         self._not_here: set[int] = set()  # Waiting jobs this site never matches
         self._jdl_cache: dict[int, dict[str, Any] | None] = {}  # Waiting jobs read, not yet matched
         self._sandbox_lock: asyncio.Lock | None = None
+        self._freed: asyncio.Event | None = None  # set when a job ends: the loop's next cycle comes sooner
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._batches: set[asyncio.Task] = set()
         self._write_lock: asyncio.Lock | None = None
         self._upload_limit: asyncio.Semaphore | None = None
         self._owners: dict[tuple[str, str, str], tuple[Any, float]] = {}
+        self._owners_lock: asyncio.Lock | None = None
         self._db: Any = None
         self._pending: dict[int, tuple[str, str, str | None, asyncio.Future]] = {}
         self._flusher: asyncio.Task | None = None
@@ -477,6 +485,8 @@ class BatchPilot:
             self.jobs.pop(job.id, None)
             self.runs[job.id] = self.runs.get(job.id, 0) + 1
             self.last_end = time.monotonic()
+            if self._freed is not None:
+                self._freed.set()
 
     async def _wrap(self, api: Any, job: Job) -> None:
         workdir = self.workdir / str(job.id)
@@ -567,14 +577,17 @@ class BatchPilot:
     async def _owner(self, job: Job) -> Any:
         """An open client acting as the job's owner (a fresh token before the last one ends)."""
         key = (job.vo, job.group, job.owner)
-        client, minted = self._owners.get(key, (None, 0.0))
-        if client is None or time.monotonic() - minted > OWNER_TOKEN_LIFETIME - 600:
-            if client is not None:
-                await _close(client)
-            path = self.pilot.owner_credentials(self.workdir / ".owners", *key)
-            client = await self.pilot.client(path).__aenter__()
-            self._owners[key] = (client, time.monotonic())
-        return client
+        if self._owners_lock is None:
+            self._owners_lock = asyncio.Lock()
+        async with self._owners_lock:  # one client per owner, however many of their jobs end at once
+            client, minted = self._owners.get(key, (None, 0.0))
+            if client is None or time.monotonic() - minted > OWNER_TOKEN_LIFETIME - 600:
+                if client is not None:
+                    await _close(client)
+                path = self.pilot.owner_credentials(self.workdir / ".owners", *key)
+                client = await self.pilot.client(path).__aenter__()
+                self._owners[key] = (client, time.monotonic())
+            return client
 
     async def _download(self, job: Job, pfn: str, workdir: Path) -> None:
         owner = await self._owner(job)
@@ -668,6 +681,7 @@ class BatchPilot:
         import httpx2
 
         self._upload_limit = asyncio.Semaphore(self.uploads)
+        self._owners_lock = asyncio.Lock()
         self._pending, self._flusher = {}, None
         async with contextlib.AsyncExitStack() as stack:
             if self.pilot.job_db:
@@ -688,6 +702,7 @@ class BatchPilot:
         api = None
         self._write_lock = asyncio.Lock()  # of this event loop
         self._sandbox_lock = asyncio.Lock()
+        self._freed = asyncio.Event()
         async with self._resources():
             try:
                 while not self._stop.is_set():
@@ -702,7 +717,11 @@ class BatchPilot:
                             api = None
                     if on_cycle:
                         on_cycle(self)
-                    await asyncio.sleep(0.2)
+                    # the next cycle after 0.2 s, or soon after a job ended (its slot is free)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._freed.wait(), 0.2)
+                        await asyncio.sleep(0.05)  # the other jobs ending about now free theirs too
+                    self._freed.clear()
             finally:
                 for job in list(self.jobs.values()):  # the node goes away: so do its payloads
                     if job.process is not None and job.process.returncode is None:

@@ -622,7 +622,7 @@ def run_scale(config: ScaleConfig) -> ScaleReport:
                 last_note = time.monotonic()
                 pilot = _read_json(pilot_stats)
                 say(f"{time.monotonic() - started:.0f} s: {dict(states)}; pilot {pilot.get('Done', 0)} done, "
-                    f"{pilot.get('in_flight', 0)} batch(es) in flight")
+                    f"{pilot.get('in_flight', 0)} job(s) in flight")
             time.sleep(5)
         wall = time.monotonic() - first_created
         sampler.stop()
