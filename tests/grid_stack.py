@@ -54,7 +54,7 @@ class Grid:
 
     def start_worker(self, name: str = "grid-worker"):
         self.worker = self.stack.start_worker(
-            "grid", name=name, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5",
+            "grid", name=name, PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="5",
             PREFECT_WORKER_HEARTBEAT_SECONDS="5", PREFECT_API_KEY=API_KEY)
         return self.worker
 

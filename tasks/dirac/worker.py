@@ -375,6 +375,17 @@ class DiracWorker(BaseWorker[DiracJobConfiguration, DiracVariables, DiracWorkerR
                 log.info("DIRAC job %s's outputs are in %s: %s", job_id, folder, ", ".join(output.files))
             return {name: _tail(folder / name) for name in ("std.out", "std.err") if (folder / name).is_file()}
 
+    async def _give_worker_labels_to_flow_run(self, flow_run_id: Any) -> None:
+        """The base worker's labels call, made harmless: it runs before the submission and its
+        failure would crash a run that was never sent (seen: a busy SQLite server answered 503
+        for two minutes and Prefect's base worker reported the run Crashed). The labels only
+        say which worker took the run; without them any worker of the pool may adopt it."""
+        try:
+            await super()._give_worker_labels_to_flow_run(flow_run_id)
+        except Exception as exc:
+            self._logger.warning("Could not label flow run %s with this worker (%s); submitting it anyway",
+                                 flow_run_id, exc)
+
     # -- a flow bound to the pool (`@on_dirac`), without a deployment
 
     async def _submit_adhoc_run(self, flow: Any, parameters: dict[str, Any] | None = None,
