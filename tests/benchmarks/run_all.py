@@ -30,7 +30,7 @@ then prints ONE markdown table — metric | ours | baseline | ratio (ours /
 baseline) | target | met? — with the targets of issues 3, 4, 5, 7 and 16, and
 writes it to `--out`.
 
-About 17 minutes on 2 cores (CCP about 5 of them; much longer when the machine is busy: the
+About 25 minutes on 2 cores (CCP about 5 of them, the dirac worker about 8; much longer when the machine is busy: the
 process-per-site baseline alone starts 30 Python processes at once).
 The DataMiner jobs run once each by default: a WPS wait is bound by the job's
 own duration, so medians of 3 would add about three minutes; ask for them by running
