@@ -42,6 +42,26 @@ def test_the_pool_comes_from_the_entry_point_and_its_template_is_a_form(grid):
     assert {"exclusiveMinimum": 0, "type": "integer"} in variables["cpu_time"]["anyOf"]
 
 
+def test_the_pools_form_renders_in_the_prefect_ui(grid, tmp_path):
+    """What a user sees in Work Pools → grid → Edit (headless Debian Chromium): the form the
+    pool's variables make, with our titles and help texts."""
+    from prefect_stack import Chromium, find_chromium
+
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("no Chromium (Debian's chromium package)")
+    browser = Chromium(binary, tmp_path / "profile", grid.stack.env(), tmp_path / "chromium.log")
+    try:
+        page = browser.check_page("grid-pool-edit", f"{grid.stack.url}/work-pools/work-pool/grid/edit",
+                                  ["Base Job Template", "DiracX block", "Sites", "Banned sites", "CPU time (s)",
+                                   "Setup command", "Extra input sandbox files", "DIRAC sites to run at"],
+                                  tmp_path / "shots", timeout=90)
+    finally:
+        browser.close()
+    assert page.ok, (page.missing, page.text[:2000])
+    assert not browser.foreign_responses
+
+
 def test_a_deployment_run_completes_in_the_jobs_working_directory(grid):
     run_id = grid.run(grid.deployment("hello"), name="EGI")
     run = grid.stack.wait_for_flow_run(run_id, timeout=240)
